@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# torch==2.13.0 is installed first, from the local CPU wheel; the package's own
+# requirement is a range that it satisfies, so pip never pulls another build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= pyro_compare_report
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: venv install install-test demo test lint docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+
+venv: $(BIN)/python
+
+install: venv
+	$(BIN)/python -m pip install -e .
+
+install-test: venv
+	$(BIN)/python -m pip install -e ".[test]"
+
+demo: install
+	$(BIN)/pyro-compare demo --out $(OUT)
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: install-test
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+docs: install-test
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+clean:
+	rm -rf docs/_build $(OUT) .pytest_cache

@@ -1,0 +1,13 @@
+"""AnnData -> tensors, validation, and simulators with ground truth."""
+
+from .comparative import SOURCES, ComparativeData, build_design
+from .simulate import simulate_contrastive
+from .validation import DataValidationError
+
+__all__ = [
+    "SOURCES",
+    "ComparativeData",
+    "DataValidationError",
+    "build_design",
+    "simulate_contrastive",
+]

@@ -1,0 +1,849 @@
+r"""Latent geometry of a decoder: pullback metrics, geodesics, distance stability.
+
+A decoder :math:`f: \mathbb{R}^d \to \mathbb{R}^G` (latent code to the mean of
+the observation model) turns the latent space into a Riemannian manifold: the
+length of a latent curve :math:`c(t)` is the length of its image,
+
+.. math::
+
+    L(c) = \int_0^1 \lVert \tfrac{d}{dt} f(c(t)) \rVert \, dt
+         = \int_0^1 \sqrt{\dot c(t)^\top G(c(t))\, \dot c(t)}\, dt,
+    \qquad G(z) = J_f(z)^\top J_f(z),
+
+and the distance between two latent points is the length of the shortest
+(geodesic) curve joining them. Syrota et al. (2025) show that these distances
+(unlike Euclidean distances between latent codes) are *identifiable*: two
+models with the same decoded distribution, whose latent spaces differ by any
+smooth invertible reparametrisation :math:`h`, have the same geodesic
+distances, because :math:`f_2 = f_1 \circ h^{-1}` maps the curve :math:`h\circ c`
+onto the same image as :math:`f_1` maps :math:`c`. So geodesic distances should
+be stable across retrainings with different seeds, Euclidean ones need not be.
+
+Contents
+--------
+* :func:`pullback_metric` -- :math:`G(z)` for the Euclidean metric of the
+  decoder mean, or the Fisher--Rao metric of a Poisson / negative-binomial
+  observation model.
+* :func:`geodesic` -- batched minimisation of the discrete curve energy for
+  many pairs of endpoints at once; returns a :class:`GeodesicResult`.
+* :func:`curve_length`, :func:`curve_energy` -- discrete length / energy.
+* :func:`pairwise_distances`, :func:`distance_matrix` -- geodesic or
+  Euclidean distances for explicit pairs / all pairs of a point set.
+* :func:`distance_stability` -- coefficient of variation of (normalised)
+  pairwise distances across retrained models, geodesic vs Euclidean, with a
+  one-sided Wilcoxon signed-rank test.
+
+Decoders
+--------
+Every function takes ``decoder``: any callable mapping a latent batch ``z_nd``
+(a tensor of shape ``(n, d)``) to the observation-space mean ``mu_ng`` of shape
+``(n, G)`` (trailing dimensions are flattened), or any object with a
+``decoder_mean(z)`` method (duck typing: ``getattr(obj, "decoder_mean", obj)``).
+Rows must be decoded independently of each other (no batch statistics: put
+modules in ``eval()`` mode, no dropout). For count models the decoder may
+return the mean counts :math:`\mu = l\,\rho` at a chosen library size
+:math:`l`, or the gene proportions :math:`\rho` (softmax output). For the
+Euclidean metric the two differ by the constant factor :math:`l` in all
+lengths; for the Poisson Fisher metric by :math:`\sqrt{l}`; for the NB Fisher
+metric the library size changes the geometry, so pass the mean at the library
+size of interest (e.g. ``lambda z: 2000 * model.decoder_mean(z)``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.interpolate import CubicSpline
+from scipy.stats import wilcoxon
+from torch import Tensor
+
+__all__ = [
+    "DistanceStability",
+    "GeodesicResult",
+    "curve_energy",
+    "curve_length",
+    "distance_matrix",
+    "distance_stability",
+    "geodesic",
+    "pairwise_distances",
+    "pullback_metric",
+]
+
+MetricKind = Literal["euclidean", "fisher_poisson", "fisher_nb"]
+DistanceKind = Literal["geodesic", "euclidean"]
+Decoder = Callable[[Tensor], Tensor] | Any
+
+_METRIC_KINDS = ("euclidean", "fisher_poisson", "fisher_nb")
+_STOCHASTIC_LAYERS = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve_decoder(decoder: Decoder) -> Callable[[Tensor], Tensor]:
+    """Return the callable ``z_nd -> mu_ng`` (``decoder.decoder_mean`` if it exists)."""
+    fn = getattr(decoder, "decoder_mean", decoder)
+    if not callable(fn):
+        raise TypeError(
+            "`decoder` must be a callable z_nd -> mu_ng or an object with a "
+            f"`decoder_mean(z)` method; got {type(decoder).__name__}."
+        )
+    module = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+    if isinstance(module, torch.nn.Module) and any(
+        m.training and isinstance(m, _STOCHASTIC_LAYERS) for m in module.modules()
+    ):
+        warnings.warn(
+            "The decoder has dropout / batch-norm layers in training mode, which make the "
+            "geometry random and couple the rows of a batch; call `.eval()` first.",
+            stacklevel=3,
+        )
+    return fn
+
+
+def _flat_decode(fn: Callable[[Tensor], Tensor], z_nd: Tensor) -> Tensor:
+    """Decode and flatten trailing output dimensions: ``(n, d) -> (n, G)``."""
+    out = fn(z_nd)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"The decoder must return a tensor; got {type(out).__name__}.")
+    if out.shape[0] != z_nd.shape[0]:
+        raise ValueError(
+            f"The decoder returned {out.shape[0]} rows for {z_nd.shape[0]} latent points; it "
+            "must map a batch (n, d) to (n, ...)."
+        )
+    return out.reshape(z_nd.shape[0], -1)
+
+
+def _reference_tensor(fn: Any) -> Tensor | None:
+    """A parameter of the decoder (for its dtype / device), if there is one."""
+    for obj in (fn, getattr(fn, "__self__", None)):
+        if isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                return p
+    return None
+
+
+def _as_tensor(
+    z: Any, like: Tensor | None = None, name: str = "z", one_d: str = "column"
+) -> Tensor:
+    """Convert latents to a floating ``(n, d)`` tensor (dtype/device of ``like`` for non-tensors).
+
+    A 1-D input is a column of ``n`` one-dimensional latents (``one_d="column"``)
+    or a single ``d``-dimensional point (``one_d="point"``).
+    """
+    if isinstance(z, Tensor):
+        z_t = z.detach()
+        if not z_t.is_floating_point():
+            z_t = z_t.to(torch.get_default_dtype() if like is None else like.dtype)
+    else:
+        dtype = torch.get_default_dtype() if like is None else like.dtype
+        device = None if like is None else like.device
+        z_t = torch.as_tensor(np.asarray(z), dtype=dtype, device=device)
+    if z_t.ndim == 1:
+        z_t = z_t[None, :] if one_d == "point" else z_t[:, None]
+    if z_t.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (n, d); got {tuple(z_t.shape)}.")
+    return z_t
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _METRIC_KINDS:
+        raise ValueError(f"Unknown metric kind {kind!r}; choose one of {_METRIC_KINDS}.")
+
+
+def _fisher_weights(mu_ng: Tensor, kind: str, theta: Tensor | float | None, eps: float) -> Tensor:
+    r"""Diagonal Fisher information of the mean, :math:`w_g(\mu_g)`."""
+    mu_ng = mu_ng.clamp_min(eps)
+    if kind == "fisher_poisson":
+        return 1.0 / mu_ng
+    theta_t = _theta_tensor(theta, mu_ng)
+    return theta_t / (mu_ng * (mu_ng + theta_t))
+
+
+def _theta_tensor(theta: Tensor | float | None, mu: Tensor) -> Tensor:
+    if theta is None:
+        raise ValueError("kind='fisher_nb' needs the inverse dispersion `theta` (scalar or (G,)).")
+    return torch.as_tensor(theta, dtype=mu.dtype, device=mu.device)
+
+
+def _embedding(
+    decoder: Decoder,
+    kind: str = "euclidean",
+    theta: Tensor | float | None = None,
+    eps: float = 1e-8,
+) -> Callable[[Tensor], Tensor]:
+    r"""Map ``z_nd -> e_nG`` whose Euclidean pullback is the requested metric.
+
+    * ``euclidean``: :math:`e = \mu`.
+    * ``fisher_poisson``: :math:`e = 2\sqrt{\mu}` since
+      :math:`(d\,2\sqrt{\mu})^2 = d\mu^2/\mu`.
+    * ``fisher_nb``: :math:`e = 2\sqrt{\theta}\,\operatorname{arsinh}\sqrt{\mu/\theta}`
+      since its derivative is :math:`\sqrt{\theta/(\mu(\mu+\theta))}`.
+    """
+    _check_kind(kind)
+    fn = _resolve_decoder(decoder)
+    if kind == "euclidean":
+        return lambda z_nd: _flat_decode(fn, z_nd)
+    if kind == "fisher_poisson":
+        return lambda z_nd: 2.0 * _flat_decode(fn, z_nd).clamp_min(eps).sqrt()
+    if theta is None:
+        raise ValueError("kind='fisher_nb' needs the inverse dispersion `theta` (scalar or (G,)).")
+
+    def nb_embed(z_nd: Tensor) -> Tensor:
+        mu_ng = _flat_decode(fn, z_nd).clamp_min(eps)
+        theta_t = _theta_tensor(theta, mu_ng)
+        return 2.0 * theta_t.sqrt() * torch.asinh((mu_ng / theta_t).sqrt())
+
+    return nb_embed
+
+
+def _jacobian(fn: Callable[[Tensor], Tensor], z_nd: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row Jacobian of ``fn`` by forward mode: returns ``(mu_ng, J_ngd)``.
+
+    One Jacobian-vector product per latent direction (``d`` forward passes on the
+    whole batch; cheap because ``d`` is small). Falls back to the double-backward
+    trick (``J v = d/du <J^T u, v>``) for decoders without forward-mode support.
+    """
+    n, d = z_nd.shape
+    eye_dd = torch.eye(d, dtype=z_nd.dtype, device=z_nd.device)
+    try:
+        cols = []
+        mu_ng = None
+        for k in range(d):
+            v_nd = eye_dd[k].expand(n, d)
+            mu_ng, jv_ng = torch.func.jvp(lambda z: _flat_decode(fn, z), (z_nd,), (v_nd,))
+            cols.append(jv_ng)
+        assert mu_ng is not None
+        return mu_ng, torch.stack(cols, dim=-1)
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - depends on the decoder
+        with torch.enable_grad():
+            z = z_nd.detach().requires_grad_(True)
+            mu_ng = _flat_decode(fn, z)
+            u_ng = torch.zeros_like(mu_ng, requires_grad=True)
+            (jtu_nd,) = torch.autograd.grad(mu_ng, z, grad_outputs=u_ng, create_graph=True)
+            cols = [
+                torch.autograd.grad(
+                    jtu_nd, u_ng, grad_outputs=eye_dd[k].expand(n, d), retain_graph=True
+                )[0]
+                for k in range(d)
+            ]
+        return mu_ng.detach(), torch.stack(cols, dim=-1)
+
+
+# --------------------------------------------------------------------------- metric
+
+
+def pullback_metric(
+    decoder: Decoder,
+    z: Tensor,
+    kind: MetricKind = "euclidean",
+    *,
+    theta: Tensor | float | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    r"""Riemannian metric that the decoder pulls back onto the latent space.
+
+    Parameters
+    ----------
+    decoder
+        Callable ``z_nd -> mu_ng`` (decoder mean; see the module docstring) or an
+        object with a ``decoder_mean`` method.
+    z
+        Latent points, shape ``(n, d)`` (or ``(d,)`` for a single point).
+    kind
+        ``"euclidean"``: :math:`G(z) = J(z)^\top J(z)` with :math:`J = \partial\mu/\partial z`
+        the Jacobian of the decoder mean, i.e. the squared length of a latent
+        step is the squared Euclidean length of the step it causes in the mean.
+
+        ``"fisher_poisson"``: Fisher--Rao metric of
+        :math:`x_g \sim \mathrm{Poisson}(\mu_g(z))` (genes independent). The
+        Fisher information of a Poisson mean is :math:`1/\mu`, and by the chain
+        rule :math:`G(z) = J^\top \operatorname{diag}(1/\mu)\, J`.
+
+        ``"fisher_nb"``: Fisher--Rao metric of
+        :math:`x_g \sim \mathrm{NB}(\mu_g(z), \theta_g)` with the inverse
+        dispersion held fixed. With
+        :math:`\log p = x\log\frac{\mu}{\mu+\theta} + \theta\log\frac{\theta}{\mu+\theta} + c`
+        the score is :math:`\partial_\mu \log p = \theta (x-\mu)/(\mu(\mu+\theta))`
+        and :math:`\operatorname{Var} x = \mu + \mu^2/\theta`, so the information is
+        :math:`\theta^2 \operatorname{Var} x / (\mu(\mu+\theta))^2 = \theta/(\mu(\mu+\theta))` and
+        :math:`G(z) = J^\top \operatorname{diag}\big(\theta/(\mu(\mu+\theta))\big) J`.
+        It tends to the Poisson metric as :math:`\theta\to\infty`.
+    theta
+        Inverse dispersion (scalar or per gene, broadcastable to ``(n, G)``);
+        required for ``"fisher_nb"``.
+    eps
+        Means are clamped to at least ``eps`` in the Fisher weights.
+
+    Returns
+    -------
+    Tensor
+        ``G_ndd`` of shape ``(n, d, d)`` (``(d, d)`` for a 1-D ``z``), symmetric
+        positive semi-definite.
+
+    Notes
+    -----
+    The Jacobian is computed in forward mode, one Jacobian-vector product per
+    latent dimension on the whole batch (the latent dimension is small, the
+    observation dimension large, so this is much cheaper than reverse mode).
+    Rows are assumed to be decoded independently.
+    """
+    _check_kind(kind)
+    fn = _resolve_decoder(decoder)
+    single = np.ndim(z) == 1
+    z_nd = _as_tensor(z, _reference_tensor(fn), one_d="point")
+    mu_ng, J_ngd = _jacobian(fn, z_nd)
+    if kind == "euclidean":
+        G_ndd = torch.einsum("ngi,ngj->nij", J_ngd, J_ngd)
+    else:
+        w_ng = _fisher_weights(mu_ng, kind, theta, eps).expand_as(mu_ng)
+        G_ndd = torch.einsum("ngi,ng,ngj->nij", J_ngd, w_ng, J_ngd)
+    return G_ndd[0] if single else G_ndd
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _as_curves(curve: Tensor) -> tuple[Tensor, bool]:
+    if curve.ndim == 2:
+        return curve[None], True
+    if curve.ndim != 3:
+        raise ValueError(f"`curve` must have shape (P, n_points, d); got {tuple(curve.shape)}.")
+    return curve, False
+
+
+def _segments(embed: Callable[[Tensor], Tensor], curve_pnd: Tensor) -> Tensor:
+    """Embedded increments ``e(c_{i+1}) - e(c_i)``, shape ``(P, n_points - 1, G)``."""
+    P, N, d = curve_pnd.shape
+    e_png = embed(curve_pnd.reshape(P * N, d)).reshape(P, N, -1)
+    return e_png[:, 1:] - e_png[:, :-1]
+
+
+def curve_length(
+    decoder: Decoder,
+    curve: Tensor,
+    *,
+    metric: MetricKind = "euclidean",
+    theta: Tensor | float | None = None,
+) -> Tensor:
+    r"""Discrete length of latent curves, :math:`L = \sum_i \lVert e(c_{i+1}) - e(c_i)\rVert`.
+
+    Parameters
+    ----------
+    decoder
+        Decoder callable or object with ``decoder_mean``.
+    curve
+        ``(P, n_points, d)`` curves (or a single ``(n_points, d)`` curve).
+    metric, theta
+        ``e`` is the decoder mean for ``"euclidean"``, or its isometric
+        embedding for the Fisher metrics (:math:`2\sqrt{\mu}` for Poisson,
+        :math:`2\sqrt{\theta}\operatorname{arsinh}\sqrt{\mu/\theta}` for NB); see
+        :func:`geodesic`.
+
+    Returns
+    -------
+    Tensor
+        ``(P,)`` lengths (a scalar for a single curve).
+    """
+    curve_pnd, single = _as_curves(curve)
+    lengths_p = _segments(_embedding(decoder, metric, theta), curve_pnd).norm(dim=-1).sum(-1)
+    return lengths_p[0] if single else lengths_p
+
+
+def curve_energy(
+    decoder: Decoder,
+    curve: Tensor,
+    *,
+    metric: MetricKind = "euclidean",
+    theta: Tensor | float | None = None,
+) -> Tensor:
+    r"""Discrete energy :math:`E = (N-1)\sum_i \lVert e(c_{i+1}) - e(c_i)\rVert^2`.
+
+    For a curve sampled at ``N`` equally spaced times of :math:`[0, 1]` this is a
+    Riemann sum of :math:`\int_0^1 \lVert \tfrac{d}{dt} e(c(t))\rVert^2 dt`. By
+    Cauchy--Schwarz :math:`L^2 \le E`, with equality iff the steps have equal
+    length (constant speed), so minimising :math:`E` gives a shortest curve
+    traversed at constant speed. Same arguments and shapes as :func:`curve_length`.
+    """
+    curve_pnd, single = _as_curves(curve)
+    N = curve_pnd.shape[1]
+    dE = _segments(_embedding(decoder, metric, theta), curve_pnd)
+    energy_p = (N - 1) * dE.pow(2).sum((-1, -2))
+    return energy_p[0] if single else energy_p
+
+
+# --------------------------------------------------------------------------- geodesics
+
+
+@dataclass
+class GeodesicResult:
+    """Output of :func:`geodesic` (all tensors detached).
+
+    Attributes
+    ----------
+    length
+        ``(P,)`` discrete length :math:`\\sum_i \\lVert e(c_{i+1}) - e(c_i)\\rVert`.
+    energy
+        ``(P,)`` discrete energy :math:`(N-1)\\sum_i \\lVert e(c_{i+1}) - e(c_i)\\rVert^2`.
+    curve
+        ``(P, n_points, d)`` optimised latent curves (endpoints included).
+    converged
+        ``(P,)`` bool: the pair met the stopping rule before ``max_iter``.
+    energy_trace
+        Total energy (sum over pairs) of the accepted curves after each
+        iteration; non-increasing.
+    n_iter
+        ``(P,)`` number of energy evaluations spent on each pair.
+    """
+
+    length: Tensor
+    energy: Tensor
+    curve: Tensor
+    converged: Tensor
+    energy_trace: list[float] = field(default_factory=list)
+    n_iter: Tensor | None = None
+
+
+def _offset_basis(
+    method: str, n_points: int, n_nodes: int, dtype: torch.dtype, device: Any
+) -> Tensor | None:
+    """Basis ``B_nk`` of offsets at the interior grid points (``None`` for free points)."""
+    if method == "points":
+        return None
+    if method != "spline":
+        raise ValueError(f"Unknown method {method!r}; choose 'spline' or 'points'.")
+    if n_nodes < 1:
+        raise ValueError(f"`n_nodes` must be >= 1; got {n_nodes}.")
+    knots = np.linspace(0.0, 1.0, n_nodes + 2)
+    values = np.zeros((n_nodes + 2, n_nodes))
+    values[1:-1] = np.eye(n_nodes)  # k-th basis function: 1 at interior knot k, 0 at others
+    t_int = np.linspace(0.0, 1.0, n_points)[1:-1]
+    basis = CubicSpline(knots, values, axis=0)(t_int)  # not-a-knot cubic spline
+    return torch.as_tensor(basis, dtype=dtype, device=device)
+
+
+def geodesic(
+    decoder: Decoder,
+    z_a: Tensor,
+    z_b: Tensor,
+    n_points: int = 16,
+    method: Literal["spline", "points"] = "spline",
+    max_iter: int = 300,
+    lr: float = 0.5,
+    tol: float = 1e-4,
+    metric: MetricKind = "euclidean",
+    *,
+    theta: Tensor | float | None = None,
+    n_nodes: int = 6,
+    patience: int = 5,
+) -> GeodesicResult:
+    r"""Shortest latent curves between ``P`` pairs of points, optimised together.
+
+    Each curve is sampled at ``N = n_points`` equally spaced times
+    :math:`t_i = i/(N-1)` and written as the straight line plus an offset that
+    vanishes at both endpoints,
+
+    .. math::
+
+        c_i = (1 - t_i)\, z_a + t_i\, z_b + \delta_i, \qquad \delta_0 = \delta_{N-1} = 0,
+
+    with ``method="points"``: every interior :math:`\delta_i` free; or
+    ``method="spline"``: :math:`\delta(t)` a cubic spline (not-a-knot) through
+    ``n_nodes`` equally spaced interior control nodes and zero at the
+    endpoints, :math:`\delta_i = \sum_k B_{ik} w_k` (fewer parameters, smooth
+    curves). Starting from the straight line, it minimises the discrete energy
+
+    .. math::
+
+        E(c) = (N-1) \sum_{i=0}^{N-2} \lVert e(c_{i+1}) - e(c_i) \rVert^2,
+
+    where :math:`e` is the decoder mean for ``metric="euclidean"``. For the
+    Fisher--Rao metrics (see :func:`pullback_metric`) :math:`e` is an exact
+    isometric embedding of the information geometry, applied gene-wise to the
+    mean, so no Jacobians are needed: the diagonal Fisher metric
+    :math:`\sum_g w_g(\mu_g)\, d\mu_g^2` equals :math:`\sum_g d\phi(\mu_g)^2` for
+    :math:`\phi' = \sqrt{w}`, i.e. :math:`\phi(\mu) = 2\sqrt{\mu}` (Poisson) and
+    :math:`\phi(\mu) = 2\sqrt{\theta}\operatorname{arsinh}\sqrt{\mu/\theta}` (NB).
+
+    All pairs are optimised in one batched tensor with Adam (written out here
+    so that every pair keeps its own state): the update of a pair depends only
+    on that pair's energy, so a batch gives the same curves as one pair at a
+    time. Safeguards per pair: the step size is proportional to the endpoint
+    distance (so rescaling the latent space rescales the whole optimisation);
+    Adam's :math:`\epsilon` is relative to the pair's gradient scale; a step that increases the pair's energy is rejected, halved and
+    retried, so the accepted energy never increases. A pair stops (converged)
+    after ``patience`` consecutive iterations whose relative energy decrease
+    is below ``tol`` (or after 20 halvings); stopped pairs drop out of the
+    batch, so late iterations only pay for the pairs still moving.
+
+    Parameters
+    ----------
+    decoder
+        Decoder callable ``z_nd -> mu_ng`` or object with ``decoder_mean``.
+    z_a, z_b
+        ``(P, d)`` start and end points (``(d,)`` for one pair).
+    n_points
+        Points per curve including both endpoints (``>= 2``).
+    method
+        ``"spline"`` or ``"points"`` (see above).
+    max_iter
+        Maximum number of energy/gradient evaluations per pair.
+    lr
+        Adam step size in units of the spacing of the free nodes along the
+        line, :math:`\lVert z_b - z_a\rVert / (K + 1)` with ``K`` the number of
+        free nodes (``n_nodes`` or ``n_points - 2``).
+    tol
+        Relative energy decrease below which an iteration counts as stalled.
+    metric
+        ``"euclidean"``, ``"fisher_poisson"`` or ``"fisher_nb"``.
+    theta
+        NB inverse dispersion (scalar or ``(G,)``) for ``"fisher_nb"``.
+    n_nodes
+        Interior control nodes of the spline.
+    patience
+        Stalled iterations in a row before a pair counts as converged.
+
+    Returns
+    -------
+    GeodesicResult
+        Lengths, energies, curves, convergence flags, energy trace.
+    """
+    if n_points < 2:
+        raise ValueError(f"`n_points` must be >= 2; got {n_points}.")
+    embed = _embedding(decoder, metric, theta)
+    fn = _resolve_decoder(decoder)
+    ref = _reference_tensor(fn)
+    single = np.ndim(z_a) == 1
+    za_pd = _as_tensor(z_a, ref, "z_a", one_d="point")
+    zb_pd = _as_tensor(z_b, ref, "z_b", one_d="point")
+    if za_pd.shape != zb_pd.shape:
+        raise ValueError(f"`z_a` {tuple(za_pd.shape)} and `z_b` {tuple(zb_pd.shape)} differ.")
+    P, d = za_pd.shape
+    N = n_points
+    dtype, device = za_pd.dtype, za_pd.device
+
+    t_n = torch.linspace(0.0, 1.0, N, dtype=dtype, device=device)
+    basis_nk = _offset_basis(method, N, n_nodes, dtype, device) if N > 2 else None
+    n_par = N - 2 if basis_nk is None else basis_nk.shape[1]
+
+    with torch.no_grad():
+        ea_pg = embed(za_pd)
+        eb_pg = embed(zb_pd)
+
+    def interior(idx: Tensor, w_pkd: Tensor) -> Tensor:
+        za, zb = za_pd[idx], zb_pd[idx]
+        t = t_n[1:-1][None, :, None]
+        line = za[:, None, :] + t * (zb - za)[:, None, :]
+        if basis_nk is None:
+            return line + w_pkd
+        return line + torch.einsum("nk,pkd->pnd", basis_nk, w_pkd)
+
+    def energy(idx: Tensor, w_pkd: Tensor) -> Tensor:
+        c_int = interior(idx, w_pkd)
+        n_int = c_int.shape[1]
+        e_int = embed(c_int.reshape(-1, d)).reshape(idx.numel(), n_int, -1)
+        e_png = torch.cat([ea_pg[idx][:, None], e_int, eb_pg[idx][:, None]], dim=1)
+        return (N - 1) * (e_png[:, 1:] - e_png[:, :-1]).pow(2).sum((1, 2))
+
+    # Per-pair Adam state.
+    w = torch.zeros(P, n_par, d, dtype=dtype, device=device)  # trial parameters
+    w_acc = w.clone()  # last accepted parameters
+    e_acc = torch.full((P,), math.inf, dtype=dtype, device=device)
+    m1, m2 = torch.zeros_like(w), torch.zeros_like(w)
+    step = torch.zeros_like(w)
+    t_adam = torch.zeros(P, dtype=dtype, device=device)
+    lr_p = lr * (zb_pd - za_pd).norm(dim=1) / (n_par + 1)
+    lr_min = lr_p * 2.0**-20
+    stall = torch.zeros(P, dtype=torch.long, device=device)
+    converged = torch.zeros(P, dtype=torch.bool, device=device)
+    n_iter = torch.zeros(P, dtype=torch.long, device=device)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-3
+    tiny = torch.finfo(dtype).tiny
+    trace: list[float] = []
+
+    if n_par == 0 or P == 0:
+        max_iter = 0
+        converged[:] = True
+
+    for _ in range(max_iter):
+        idx = (~converged).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        w_a = w[idx].detach().requires_grad_(True)
+        with torch.enable_grad():
+            e_a = energy(idx, w_a)
+            (g_a,) = torch.autograd.grad(e_a.sum(), w_a)
+        e_a = e_a.detach()
+        n_iter[idx] += 1
+
+        prev = e_acc[idx]
+        accept = e_a <= prev
+        finite_prev = torch.where(torch.isfinite(prev), prev, torch.zeros_like(prev))
+        progress = accept & (~torch.isfinite(prev) | (finite_prev - e_a > tol * finite_prev))
+        # Stalled: an accepted step that barely lowered the energy. Rejected steps are
+        # retried with half the step, and stop the pair once the step has shrunk 2^20-fold.
+        stall[idx] = torch.where(progress, torch.zeros_like(stall[idx]), stall[idx] + accept.long())
+
+        # Accepted pairs: record, then take an Adam step from the accepted point.
+        acc = idx[accept]
+        if acc.numel():
+            g = g_a[accept]
+            w_acc[acc] = w_a.detach()[accept]
+            e_acc[acc] = e_a[accept]
+            m1[acc] = beta1 * m1[acc] + (1 - beta1) * g
+            m2[acc] = beta2 * m2[acc] + (1 - beta2) * g * g
+            t_adam[acc] += 1
+            tt = t_adam[acc][:, None, None]
+            m_hat = m1[acc] / (1 - beta1**tt)
+            v_hat = m2[acc] / (1 - beta2**tt)
+            # eps relative to the pair's gradient scale: coordinates whose gradient is
+            # round-off (e.g. by symmetry) must not be blown up to full steps.
+            rms = v_hat.mean((1, 2), keepdim=True).sqrt()
+            step[acc] = lr_p[acc][:, None, None] * m_hat / (v_hat.sqrt() + adam_eps * rms + tiny)
+            w[acc] = w_acc[acc] - step[acc]
+        # Rejected pairs: halve the step (and the step size) and retry.
+        rej = idx[~accept]
+        if rej.numel():
+            step[rej] = 0.5 * step[rej]
+            lr_p[rej] = 0.5 * lr_p[rej]
+            w[rej] = w_acc[rej] - step[rej]
+
+        converged[idx] = (stall[idx] >= patience) | (lr_p[idx] < lr_min[idx])
+        trace.append(float(e_acc.sum()))
+
+    with torch.no_grad():
+        all_idx = torch.arange(P, device=device)
+        parts = [za_pd[:, None]]
+        if N > 2:
+            parts.append(interior(all_idx, w_acc))
+        parts.append(zb_pd[:, None])
+        curve_pnd = torch.cat(parts, dim=1)
+        if N > 2:
+            e_int = embed(curve_pnd[:, 1:-1].reshape(-1, d)).reshape(P, N - 2, -1)
+            e_png = torch.cat([ea_pg[:, None], e_int, eb_pg[:, None]], dim=1)
+        else:
+            e_png = torch.stack([ea_pg, eb_pg], dim=1)
+        d_png = e_png[:, 1:] - e_png[:, :-1]
+        length_p = d_png.norm(dim=-1).sum(-1)
+        energy_p = (N - 1) * d_png.pow(2).sum((1, 2))
+
+    if single:
+        return GeodesicResult(
+            length_p[0], energy_p[0], curve_pnd[0], converged[0], trace, n_iter[0]
+        )
+    return GeodesicResult(length_p, energy_p, curve_pnd, converged, trace, n_iter)
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def pairwise_distances(
+    decoder: Decoder | None,
+    z_a: Tensor,
+    z_b: Tensor,
+    kind: DistanceKind = "geodesic",
+    *,
+    batch_size: int | None = 256,
+    **geodesic_kwargs: Any,
+) -> Tensor:
+    r"""Distances for ``P`` explicit pairs ``(z_a[p], z_b[p])``.
+
+    Parameters
+    ----------
+    decoder
+        Decoder callable or object with ``decoder_mean`` (unused, may be
+        ``None``, for ``kind="euclidean"``).
+    z_a, z_b
+        ``(P, d)`` latent points.
+    kind
+        ``"geodesic"``: length of the curve from :func:`geodesic` (an upper
+        bound on the true distance that the optimisation tightens);
+        ``"euclidean"``: :math:`\lVert z_a - z_b\rVert` in latent space.
+    batch_size
+        Pairs per :func:`geodesic` call (memory: ``batch_size * n_points * G``
+        floats per activation). ``None``: all at once. Results do not depend on it.
+    **geodesic_kwargs
+        Passed to :func:`geodesic` (``n_points``, ``method``, ``max_iter``,
+        ``lr``, ``tol``, ``metric``, ``theta``, ...).
+
+    Returns
+    -------
+    Tensor
+        ``(P,)`` detached distances.
+    """
+    if kind == "euclidean":
+        ref = None if decoder is None else _reference_tensor(_resolve_decoder(decoder))
+        za_pd, zb_pd = _as_tensor(z_a, ref, "z_a"), _as_tensor(z_b, ref, "z_b")
+        return (za_pd - zb_pd).norm(dim=1)
+    if kind != "geodesic":
+        raise ValueError(f"Unknown distance kind {kind!r}; choose 'geodesic' or 'euclidean'.")
+    if decoder is None:
+        raise ValueError("kind='geodesic' needs a decoder.")
+    ref = _reference_tensor(_resolve_decoder(decoder))
+    za_pd, zb_pd = _as_tensor(z_a, ref, "z_a"), _as_tensor(z_b, ref, "z_b")
+    P = za_pd.shape[0]
+    bs = P if batch_size is None else max(int(batch_size), 1)
+    out = [
+        geodesic(decoder, za_pd[s : s + bs], zb_pd[s : s + bs], **geodesic_kwargs).length
+        for s in range(0, P, bs)
+    ]
+    return torch.cat(out) if out else za_pd.new_zeros(0)
+
+
+def distance_matrix(
+    decoder: Decoder | None,
+    z: Tensor,
+    kind: DistanceKind = "geodesic",
+    **geodesic_kwargs: Any,
+) -> Tensor:
+    """All pairwise distances of ``n`` latent points, ``(n, n)`` symmetric, zero diagonal.
+
+    ``kind="euclidean"`` is the latent-space Euclidean distance;
+    ``kind="geodesic"`` runs :func:`pairwise_distances` on the
+    :math:`n(n-1)/2` pairs ``i < j`` (batched; ``batch_size`` and the
+    :func:`geodesic` options go in ``geodesic_kwargs``).
+    """
+    ref = None if decoder is None else _reference_tensor(_resolve_decoder(decoder))
+    z_nd = _as_tensor(z, ref)
+    n = z_nd.shape[0]
+    if kind == "euclidean":
+        return torch.cdist(z_nd, z_nd)
+    i, j = torch.triu_indices(n, n, offset=1, device=z_nd.device)
+    dist_p = pairwise_distances(decoder, z_nd[i], z_nd[j], kind, **geodesic_kwargs)
+    D_nn = z_nd.new_zeros(n, n)
+    D_nn[i, j] = dist_p.to(D_nn.dtype)
+    D_nn[j, i] = dist_p.to(D_nn.dtype)
+    return D_nn
+
+
+@dataclass
+class DistanceStability:
+    """Output of :func:`distance_stability`.
+
+    Attributes
+    ----------
+    cv
+        ``kind -> (P,)`` coefficient of variation across models of each pair's
+        normalised distance.
+    mean_cv
+        ``kind -> float``, mean of ``cv[kind]`` over pairs.
+    distances
+        ``kind -> (M, P)`` normalised distances (model, pair).
+    p_value
+        One-sided Wilcoxon signed-rank p-value for "geodesic CV < Euclidean CV"
+        (paired over pairs); ``None`` unless both kinds were computed, ``nan``
+        when all differences are zero.
+    statistic
+        The Wilcoxon statistic (``None`` / ``nan`` likewise).
+    """
+
+    cv: dict[str, np.ndarray]
+    mean_cv: dict[str, float]
+    distances: dict[str, np.ndarray]
+    p_value: float | None = None
+    statistic: float | None = None
+
+
+def distance_stability(
+    decoders: Sequence[Decoder],
+    z_per_model: Sequence[Any],
+    pairs: Any,
+    kind: Sequence[DistanceKind] = ("geodesic", "euclidean"),
+    normalise: Literal["mean", "median"] | None = "mean",
+    **geodesic_kwargs: Any,
+) -> DistanceStability:
+    r"""How reproducible are pairwise distances across retrained models?
+
+    ``M`` models were fitted to the same cells with different seeds; model
+    ``m`` gives a decoder and latent codes ``z_per_model[m]`` of shape
+    ``(n, d_m)`` (same cells, same order; ``d_m`` may differ). For each pair of
+    cells :math:`p = (i, j)` in ``pairs`` and each kind of distance,
+
+    1. model ``m`` gives :math:`D_{mp}` (geodesic under its own decoder, or
+       Euclidean between its latent codes);
+    2. normalisation: :math:`\tilde D_{mp} = D_{mp} / s_m` with
+       :math:`s_m = \operatorname{mean}_p D_{mp}` (``"mean"``) or the median,
+       so that a global rescaling of one model's latent space (which
+       identifiability theory cannot pin down for Euclidean distances, and
+       which changes nothing about relative distances) does not count as
+       instability;
+    3. :math:`\mathrm{CV}_p = \operatorname{std}_m(\tilde D_{mp}) / \operatorname{mean}_m(\tilde D_{mp})`
+       (``ddof=1``).
+
+    Syrota et al. (2025) predict geodesic distances to be identifiable, hence
+    a lower CV than Euclidean ones; the p-value is the one-sided Wilcoxon
+    signed-rank test of :math:`\mathrm{CV}^{geo}_p < \mathrm{CV}^{euc}_p`
+    paired over the pairs.
+
+    Parameters
+    ----------
+    decoders
+        ``M`` decoder callables or objects with ``decoder_mean``.
+    z_per_model
+        ``M`` arrays/tensors ``(n, d_m)`` of latent codes of the same cells.
+    pairs
+        ``(P, 2)`` integer cell indices.
+    kind
+        Which distances to compute.
+    normalise
+        ``"mean"``, ``"median"`` or ``None``.
+    **geodesic_kwargs
+        Passed to :func:`pairwise_distances` / :func:`geodesic`.
+
+    Returns
+    -------
+    DistanceStability
+    """
+    M = len(decoders)
+    if M != len(z_per_model):
+        raise ValueError(f"{M} decoders but {len(z_per_model)} latent matrices.")
+    if M < 2:
+        raise ValueError("distance_stability needs at least 2 models.")
+    pairs_p2 = np.asarray(pairs.detach().cpu() if isinstance(pairs, Tensor) else pairs)
+    if pairs_p2.ndim != 2 or pairs_p2.shape[1] != 2:
+        raise ValueError(f"`pairs` must have shape (P, 2); got {pairs_p2.shape}.")
+    pairs_p2 = pairs_p2.astype(np.int64)
+    n_cells = {int(np.shape(z)[0]) for z in z_per_model}
+    if len(n_cells) != 1:
+        raise ValueError(f"All models must embed the same cells; got row counts {n_cells}.")
+    if pairs_p2.size and (pairs_p2.min() < 0 or pairs_p2.max() >= n_cells.pop()):
+        raise ValueError("`pairs` contains cell indices out of range.")
+
+    kinds = tuple(kind)
+    cv: dict[str, np.ndarray] = {}
+    mean_cv: dict[str, float] = {}
+    dists: dict[str, np.ndarray] = {}
+    for k in kinds:
+        rows = []
+        for dec, z in zip(decoders, z_per_model, strict=True):
+            ref = _reference_tensor(_resolve_decoder(dec)) if k == "geodesic" else None
+            z_nd = _as_tensor(z, ref)
+            i = torch.as_tensor(pairs_p2[:, 0], device=z_nd.device)
+            j = torch.as_tensor(pairs_p2[:, 1], device=z_nd.device)
+            kw = geodesic_kwargs if k == "geodesic" else {}
+            d_p = pairwise_distances(dec if k == "geodesic" else None, z_nd[i], z_nd[j], k, **kw)
+            rows.append(d_p.detach().cpu().double().numpy())
+        D_mp = np.stack(rows)
+        if normalise == "mean":
+            D_mp = D_mp / D_mp.mean(axis=1, keepdims=True)
+        elif normalise == "median":
+            D_mp = D_mp / np.median(D_mp, axis=1, keepdims=True)
+        elif normalise is not None:
+            raise ValueError(f"Unknown normalise {normalise!r}; choose 'mean', 'median' or None.")
+        cv_p = D_mp.std(axis=0, ddof=1) / D_mp.mean(axis=0)
+        cv[k], mean_cv[k], dists[k] = cv_p, float(np.mean(cv_p)), D_mp
+
+    p_value = statistic = None
+    if "geodesic" in cv and "euclidean" in cv:
+        diff = cv["geodesic"] - cv["euclidean"]
+        if np.all(diff == 0):
+            p_value = statistic = float("nan")
+        else:
+            res = wilcoxon(cv["geodesic"], cv["euclidean"], alternative="less")
+            p_value, statistic = float(res.pvalue), float(res.statistic)
+    return DistanceStability(cv, mean_cv, dists, p_value, statistic)

@@ -1,0 +1,49 @@
+"""Amortised Gaussian encoders q(z | x)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mlp import MLP
+
+__all__ = ["GaussianEncoder"]
+
+
+class GaussianEncoder(nn.Module):
+    r"""``x_n -> (loc_n, scale_n)`` of a diagonal Normal :math:`q(z_n \mid x_n)`.
+
+    Counts are fed as :math:`\log(1 + x)` (``log_input=True``), the usual variance
+    stabilisation; ``n_context`` extra inputs (e.g. a perturbation shift or a design
+    vector) are concatenated to the transformed input.
+
+    ``scale = softplus(raw) + min_scale`` keeps the posterior scale away from zero.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_latent: int,
+        hidden: Sequence[int] = (128,),
+        log_input: bool = True,
+        n_context: int = 0,
+        min_scale: float = 1e-4,
+        layer_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.log_input = log_input
+        self.n_latent = n_latent
+        self.min_scale = min_scale
+        self.net = MLP(n_features + n_context, hidden, 2 * n_latent, layer_norm=layer_norm)
+
+    def forward(
+        self, x_ng: torch.Tensor, context_nc: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.log1p(x_ng) if self.log_input else x_ng
+        if context_nc is not None:
+            h = torch.cat([h, context_nc], dim=-1)
+        loc_nd, raw_nd = self.net(h).split(self.n_latent, dim=-1)
+        return loc_nd, F.softplus(raw_nd) + self.min_scale
