@@ -29,7 +29,8 @@ def get_matrix(adata, layer: str | None):
     if layer is None:
         if adata.X is None:
             raise DataValidationError(
-                "adata.X is empty. Put the raw counts in X or pass layer='<name of the counts layer>'."
+                "adata.X is empty. Put the raw counts in X or pass "
+                "layer='<name of the counts layer>'."
             )
         return adata.X
     if layer not in adata.layers:
@@ -84,8 +85,9 @@ def check_matrix_values(matrix, counts: bool, where: str, chunk: int = 10_000_00
             if np.issubdtype(v.dtype, np.floating) and (np.mod(v, 1.0) != 0).any():
                 raise DataValidationError(
                     f"{where} contains non-integer values, which looks like normalised or "
-                    f"log-transformed data; a count likelihood needs raw integer counts. Pass the raw "
-                    f"counts layer (e.g. layer='counts'), or counts=False with likelihood='gaussian'."
+                    f"log-transformed data; a count likelihood needs raw integer counts. Pass the "
+                    f"raw counts layer (e.g. layer='counts'), or counts=False with "
+                    f"likelihood='gaussian'."
                 )
 
 
