@@ -1,0 +1,39 @@
+"""Shared test settings: threads, seeds, paths to the real datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two torch processes on two cores spin-wait each other (OpenMP); the suite runs in one
+# process with at most two threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+torch.set_num_threads(int(os.environ.get("PYRO_COMPARE_TEST_THREADS", "2")))
+
+DATA_DIR = Path(
+    os.environ.get(
+        "PYRO_COMPARE_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
+)
+KANG = DATA_DIR / "kang2018_scgen_valid_counts.h5ad"
+PAPALEXI = DATA_DIR / "papalexi2021_sceptre_lowmoi_counts.h5ad"
+
+
+def require(path: Path) -> Path:
+    """Skip (with the reason) when a real dataset is not available."""
+    if not path.exists():
+        pytest.skip(f"real dataset not found at {path} (set PYRO_COMPARE_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def kang_path() -> Path:
+    return require(KANG)
+
+
+@pytest.fixture
+def papalexi_path() -> Path:
+    return require(PAPALEXI)
