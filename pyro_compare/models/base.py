@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,19 @@ class ComparativeModel(PyroModule):
     ``target``), and :meth:`encode` (posterior means / samples of the named latents).
 
     Networks are converted to :class:`~pyro.nn.PyroModule` so that a plain
-    ``pyro.infer.SVI`` loop sees their parameters as ``param`` sites; the package sets
-    ``pyro.settings.module_local_params=True`` so two models never share parameters through
-    the global param store.
+    ``pyro.infer.SVI`` loop sees their parameters as ``param`` sites. Each instance gets a
+    unique Pyro name prefix (``ContrastiveVAE_1.decoder...``) so that several models (e.g.
+    retrained seeds) never share parameters through Pyro's global param store.
     """
 
     #: Names accepted by :meth:`latent`.
     latent_kinds: tuple[str, ...] = ()
     likelihood: str = "nb"
+
+    _instances = itertools.count()
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name=name or f"{type(self).__name__}_{next(self._instances)}")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
