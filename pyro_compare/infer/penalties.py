@@ -1,0 +1,307 @@
+r"""Leakage penalties for comparative models.
+
+A contrastive model splits each cell's representation into a background latent ``z``
+(shared by all sources) and a salient latent ``t`` (target-specific). Nothing in the
+ELBO alone forbids information from *leaking* across the blocks; the penalties below
+measure the two leakage directions on the current minibatch, from the guide's outputs
+(``model.guide_outputs``, recorded by the guide at each call), and are differentiable
+so that the objectives of :mod:`pyro_compare.infer.objectives` can use them:
+
+* salient latent of background cells should be 0 (the model has :math:`t_n = 0` there):
+  :func:`wasserstein_to_zero` (closed form) or :func:`mmd` against the point mass;
+* the background latent should not carry the condition: :func:`mmd` between the
+  background latents of background and of target cells (as in MM-cVAE);
+* the two blocks should be independent on target cells: :func:`hsic`.
+
+The sample-level estimators (:func:`mmd`, :func:`hsic`) are *unbiased* U-statistics: their
+expectation is 0 when the two distributions agree (resp. the blocks are independent), so
+a small tolerance :math:`\epsilon` is reachable. (The biased V-statistic of the MMD has a
+floor near :math:`2 \bar k / B` for a batch of size :math:`B`, so a constraint
+``penalty <= epsilon`` with a smaller epsilon could never be met and its multiplier would
+grow without bound.) A U-statistic can be slightly negative on a minibatch.
+
+:data:`PENALTIES` maps names to callables ``penalty(model) -> Tensor`` (a scalar) used by
+:class:`~pyro_compare.infer.objectives.Sum` and
+:class:`~pyro_compare.infer.objectives.Constrained`; their units are those of the
+estimator, averaged over the minibatch's cells (not multiplied by the number of cells).
+
+Caveat for "mmd" on real data: when the composition of the conditions differs (e.g. more
+monocytes among control cells), a perfect background latent still differs in distribution
+between the conditions, so forcing the MMD to 0 over-corrects (it mixes cell types).
+Choose epsilon above the MMD that composition alone implies, and report condition
+accuracy *within* each cell type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "PENALTIES",
+    "evaluate_penalty",
+    "hsic",
+    "hsic_penalty",
+    "mmd",
+    "mmd_background_penalty",
+    "mmd_salient_penalty",
+    "rbf_kernel",
+    "wasserstein_to_zero",
+    "wasserstein_to_zero_penalty",
+]
+
+#: Default multipliers of the median-heuristic squared bandwidth (multi-bandwidth kernel).
+MEDIAN_FACTORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def wasserstein_to_zero(loc_nd: torch.Tensor, scale_nd: torch.Tensor) -> torch.Tensor:
+    r"""Squared 2-Wasserstein distance from :math:`N(\mu_n, \mathrm{diag}\,\sigma_n^2)` to the
+    point mass at 0, averaged over cells.
+
+    .. math::
+
+        W_2^2\big(N(\mu, \mathrm{diag}\,\sigma^2), \delta_0\big)
+            = \mathbb{E}\,\lVert t \rVert^2 = \lVert \mu \rVert^2 + \sum_j \sigma_j^2,
+        \qquad
+        P = \frac{1}{n} \sum_{n} \Big(\lVert \mu_n \rVert^2 + \sum_j \sigma_{nj}^2\Big).
+
+    Parameters
+    ----------
+    loc_nd, scale_nd
+        Means and standard deviations of q(t | x) for n cells, shape (n, d).
+
+    Returns
+    -------
+    Tensor
+        Scalar, in squared latent units per cell.
+    """
+    if loc_nd.shape != scale_nd.shape:
+        raise ValueError(f"loc and scale shapes differ: {loc_nd.shape} vs {scale_nd.shape}.")
+    if loc_nd.shape[0] == 0:
+        return loc_nd.new_zeros(())
+    return (loc_nd.pow(2) + scale_nd.pow(2)).sum(-1).mean()
+
+
+def _sq_dists(a_nd: torch.Tensor, b_md: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances, shape (n, m), clamped at 0."""
+    d = a_nd.pow(2).sum(-1, keepdim=True) - 2.0 * a_nd @ b_md.T + b_md.pow(2).sum(-1)
+    return d.clamp_min(0.0)
+
+
+def _bandwidths(
+    sq_dists: Sequence[torch.Tensor], bandwidths: Sequence[float] | None
+) -> torch.Tensor:
+    """Squared bandwidths :math:`h^2`: given, or median heuristic times MEDIAN_FACTORS."""
+    if bandwidths is not None:
+        h2 = torch.as_tensor(list(bandwidths), dtype=sq_dists[0].dtype)
+        if (h2 <= 0).any():
+            raise ValueError("bandwidths must be positive.")
+        return h2
+    pooled = torch.cat([d.detach().reshape(-1) for d in sq_dists])
+    pooled = pooled[pooled > 0]
+    med = pooled.median() if pooled.numel() else torch.ones((), dtype=sq_dists[0].dtype)
+    return med.clamp_min(1e-12) * torch.as_tensor(MEDIAN_FACTORS, dtype=med.dtype)
+
+
+def rbf_kernel(sq_dist: torch.Tensor, h2_k: torch.Tensor) -> torch.Tensor:
+    r"""Multi-bandwidth RBF kernel from squared distances:
+    :math:`k(a, b) = \frac{1}{K} \sum_k \exp\!\big(-\lVert a - b \rVert^2 / (2 h_k^2)\big)`."""
+    return torch.exp(-sq_dist.unsqueeze(-1) / (2.0 * h2_k)).mean(-1)
+
+
+def mmd(
+    x_nd: torch.Tensor,
+    y_md: torch.Tensor,
+    bandwidths: Sequence[float] | None = None,
+) -> torch.Tensor:
+    r"""Unbiased estimate of the squared maximum mean discrepancy between two samples.
+
+    With the multi-bandwidth RBF kernel :func:`rbf_kernel`,
+
+    .. math::
+
+        \widehat{\mathrm{MMD}}^2_u = \frac{1}{n(n-1)} \sum_{i \ne i'} k(x_i, x_{i'})
+            + \frac{1}{m(m-1)} \sum_{j \ne j'} k(y_j, y_{j'})
+            - \frac{2}{nm} \sum_{i, j} k(x_i, y_j)
+
+    (Gretton et al. 2012, eq. 3): unbiased for :math:`\mathrm{MMD}^2 \ge 0`, which is 0 iff
+    the distributions agree (characteristic kernel); the estimate itself can be negative.
+
+    Parameters
+    ----------
+    x_nd, y_md
+        The two samples (n, d) and (m, d); n, m >= 2.
+    bandwidths
+        Squared bandwidths :math:`h_k^2`. ``None``: the median heuristic, the median of the
+        pooled pairwise squared distances (detached) times (1/4, 1/2, 1, 2, 4). Fixed
+        bandwidths are needed when one sample is a point mass (the median heuristic would
+        make the estimate invariant to a common rescaling).
+
+    Returns
+    -------
+    Tensor
+        Scalar in kernel units (between -1 and 2).
+    """
+    n, m = x_nd.shape[0], y_md.shape[0]
+    if n < 2 or m < 2:
+        return x_nd.new_zeros(()) + 0.0 * (x_nd.sum() + y_md.sum())
+    d_xx, d_yy, d_xy = _sq_dists(x_nd, x_nd), _sq_dists(y_md, y_md), _sq_dists(x_nd, y_md)
+    h2 = _bandwidths((d_xx, d_yy, d_xy), bandwidths).to(x_nd)
+    k_xx, k_yy, k_xy = rbf_kernel(d_xx, h2), rbf_kernel(d_yy, h2), rbf_kernel(d_xy, h2)
+    sum_xx = k_xx.sum() - k_xx.diagonal().sum()
+    sum_yy = k_yy.sum() - k_yy.diagonal().sum()
+    return sum_xx / (n * (n - 1)) + sum_yy / (m * (m - 1)) - 2.0 * k_xy.mean()
+
+
+def hsic(
+    x_nd: torch.Tensor,
+    y_nm: torch.Tensor,
+    bandwidths_x: Sequence[float] | None = None,
+    bandwidths_y: Sequence[float] | None = None,
+) -> torch.Tensor:
+    r"""Unbiased estimate of the Hilbert–Schmidt independence criterion between paired samples.
+
+    With RBF Gram matrices :math:`K_{ii'} = k(x_i, x_{i'})`, :math:`L_{ii'} = l(y_i, y_{i'})`
+    whose diagonals are set to 0 (:math:`\tilde K, \tilde L`), the estimator of
+    Song et al. (2012) is
+
+    .. math::
+
+        \widehat{\mathrm{HSIC}}_u = \frac{1}{n(n-3)} \Big[ \mathrm{tr}(\tilde K \tilde L)
+            + \frac{\mathbf 1^\top \tilde K \mathbf 1 \; \mathbf 1^\top \tilde L \mathbf 1}
+                   {(n-1)(n-2)}
+            - \frac{2}{n-2} \mathbf 1^\top \tilde K \tilde L \mathbf 1 \Big],
+
+    unbiased for :math:`\mathrm{HSIC} = \lVert C_{xy} \rVert_{HS}^2 \ge 0`, which is 0 iff
+    x and y are independent (characteristic kernels).
+
+    Parameters
+    ----------
+    x_nd, y_nm
+        Paired samples (same n >= 4 rows).
+    bandwidths_x, bandwidths_y
+        Squared bandwidths per block; ``None``: median heuristic per block (see :func:`mmd`).
+    """
+    n = x_nd.shape[0]
+    if y_nm.shape[0] != n:
+        raise ValueError(f"hsic needs paired samples; got {n} and {y_nm.shape[0]} rows.")
+    if n < 4:
+        return x_nd.new_zeros(()) + 0.0 * (x_nd.sum() + y_nm.sum())
+    d_x, d_y = _sq_dists(x_nd, x_nd), _sq_dists(y_nm, y_nm)
+    eye = torch.eye(n, dtype=torch.bool, device=x_nd.device)
+    k = rbf_kernel(d_x, _bandwidths((d_x,), bandwidths_x).to(x_nd)).masked_fill(eye, 0.0)
+    l = rbf_kernel(d_y, _bandwidths((d_y,), bandwidths_y).to(y_nm)).masked_fill(eye, 0.0)
+    k1, l1 = k.sum(1), l.sum(1)
+    trace_kl = (k * l).sum()  # tr(K L) for symmetric K, L
+    term2 = k1.sum() * l1.sum() / ((n - 1) * (n - 2))
+    term3 = 2.0 / (n - 2) * (k1 @ l1)
+    return (trace_kl + term2 - term3) / (n * (n - 3))
+
+
+# --------------------------------------------------------------------------- model penalties
+
+
+def _record(model, source: str, key: str) -> torch.Tensor:
+    outputs = getattr(model, "guide_outputs", None) or {}
+    rec = outputs.get(source)
+    if rec is None or key not in rec:
+        hint = (
+            " Set model.track_background_salient = True (the objectives do it in setup())."
+            if source == "background" and key.startswith("t_")
+            else ""
+        )
+        raise KeyError(
+            f"the model's guide did not record {key!r} for source {source!r} in "
+            f"model.guide_outputs (has: { {s: sorted(r) for s, r in outputs.items()} }); run "
+            f"the guide on a batch holding that source first.{hint}"
+        )
+    return rec[key]
+
+
+def wasserstein_to_zero_penalty(model) -> torch.Tensor:
+    r""":func:`wasserstein_to_zero` of q(t | x) of the minibatch's background cells."""
+    return wasserstein_to_zero(
+        _record(model, "background", "t_loc"), _record(model, "background", "t_scale")
+    )
+
+
+def mmd_background_penalty(
+    model, key: str = "z_loc", bandwidths: Sequence[float] | None = None
+) -> torch.Tensor:
+    r""":func:`mmd` between the background latents of background and of target cells.
+
+    Uses the posterior means (``key="z_loc"``, the representation users read) by default;
+    ``key="z"`` compares posterior samples (aggregate posteriors, noisier). Bandwidths by
+    the median heuristic, so the value does not change with a rescaling of the latent.
+    """
+    return mmd(_record(model, "background", key), _record(model, "target", key), bandwidths)
+
+
+def mmd_salient_penalty(model, bandwidths: Sequence[float] | None = None) -> torch.Tensor:
+    r""":func:`mmd` between posterior samples of t for background cells and the point mass 0.
+
+    Fixed squared bandwidths :math:`h^2 \in d_t \cdot (1/4, 1, 4)` (the prior's
+    :math:`\mathbb{E}\lVert t - t' \rVert^2 = 2 d_t`) unless given.
+    """
+    loc = _record(model, "background", "t_loc")
+    scale = _record(model, "background", "t_scale")
+    t_nd = loc + scale * torch.randn_like(loc)
+    if bandwidths is None:
+        d_t = t_nd.shape[-1]
+        bandwidths = (0.25 * d_t, 1.0 * d_t, 4.0 * d_t)
+    return mmd(t_nd, torch.zeros_like(t_nd), bandwidths)
+
+
+def hsic_penalty(model, key: str = "loc") -> torch.Tensor:
+    r""":func:`hsic` between background and salient latents of the minibatch's target cells
+    (posterior means by default; ``key=""`` for posterior samples)."""
+    z = _record(model, "target", f"z_{key}" if key else "z")
+    t = _record(model, "target", f"t_{key}" if key else "t")
+    return hsic(z, t)
+
+
+#: Named penalties, ``penalty(model) -> Tensor``, for ``Sum(penalty=...)`` and
+#: ``Constrained(penalty=...)``.
+PENALTIES: dict[str, Callable[[torch.nn.Module], torch.Tensor]] = {
+    "wasserstein_to_zero": wasserstein_to_zero_penalty,
+    "mmd": mmd_background_penalty,
+    "mmd_salient": mmd_salient_penalty,
+    "hsic": hsic_penalty,
+}
+
+
+@torch.no_grad()
+def evaluate_penalty(
+    model,
+    data,
+    penalty: str | Callable[[torch.nn.Module], torch.Tensor],
+    split: str | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> float:
+    """Average of a penalty over the minibatches of one pass through ``data`` (no gradients).
+
+    Uses the same minibatch construction as training (both sources in each batch), so the
+    value is comparable to the ``epsilon`` of a :class:`~.objectives.Constrained` fit. The
+    guide is run in eval mode (``model.guide(**batch)``), recording what the penalty needs.
+    """
+    fn = PENALTIES[penalty] if isinstance(penalty, str) else penalty
+    flag = getattr(model, "track_background_salient", None)
+    if flag is not None:
+        model.track_background_salient = True
+    was_training = model.training
+    model.eval()
+    values = []
+    try:
+        for batch in data.loader(batch_size, shuffle=True, split=split, seed=seed):
+            model.guide(**batch)
+            values.append(float(fn(model)))
+    finally:
+        model.train(was_training)
+        if flag is not None:
+            model.track_background_salient = flag
+    return float(sum(values) / len(values))

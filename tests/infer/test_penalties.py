@@ -1,0 +1,129 @@
+"""Leakage penalties: analytic values, unbiasedness, and the model-level registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pyro_compare as pc
+from pyro_compare.infer.penalties import (
+    PENALTIES,
+    evaluate_penalty,
+    hsic,
+    mmd,
+    wasserstein_to_zero,
+)
+
+
+def _gaussian_mmd2(d: int, s2: float, delta2: float, h2: float) -> float:
+    """Population MMD^2 between N(mu1, s2 I) and N(mu2, s2 I), RBF exp(-r^2 / (2 h2))."""
+    c = (h2 / (h2 + 2 * s2)) ** (d / 2)
+    return 2 * c * (1 - math.exp(-delta2 / (2 * (h2 + 2 * s2))))
+
+
+def test_wasserstein_to_zero_closed_form():
+    loc = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    scale = torch.tensor([[0.5, 0.5], [1.0, 2.0]])
+    # cell 1: 1 + 4 + 0.25 + 0.25 = 5.5; cell 2: 0 + 1 + 1 + 4 = 6 -> mean 5.75
+    assert wasserstein_to_zero(loc, scale).item() == pytest.approx(5.75)
+    # Monte Carlo: E ||t||^2 under N(loc, scale^2)
+    g = torch.Generator().manual_seed(0)
+    t = loc + scale * torch.randn((20000, 2, 2), generator=g)
+    assert t.pow(2).sum(-1).mean().item() == pytest.approx(5.75, rel=0.02)
+    assert wasserstein_to_zero(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
+
+
+def test_mmd_matches_gaussian_closed_form_and_is_unbiased():
+    torch.manual_seed(0)
+    d, h2, n, reps = 2, 1.0, 32, 400
+    shift = torch.tensor([1.0, 0.0])
+    vals_diff, vals_same, vals_biased = [], [], []
+    for _ in range(reps):
+        x, y, y2 = torch.randn(n, d), torch.randn(n, d) + shift, torch.randn(n, d)
+        vals_diff.append(mmd(x, y, bandwidths=[h2]).item())
+        vals_same.append(mmd(x, y2, bandwidths=[h2]).item())
+        # V-statistic for comparison: includes the diagonal, biased upward.
+        z = torch.cat([x, y2])
+        k = torch.exp(-torch.cdist(z, z).pow(2) / (2 * h2))
+        vals_biased.append((k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()).item())
+    expected = _gaussian_mmd2(d, 1.0, 1.0, h2)
+    assert sum(vals_diff) / reps == pytest.approx(expected, rel=0.08)
+    mean_same = sum(vals_same) / reps
+    assert abs(mean_same) < 0.004  # unbiased: ~0 (the estimate itself can be negative)
+    assert min(vals_same) < 0.0
+    assert sum(vals_biased) / reps > 10 * abs(mean_same) + 0.02  # the floor ~ 2(1 - E k)/n
+
+
+def test_mmd_median_heuristic_is_scale_invariant_and_differentiable():
+    torch.manual_seed(1)
+    x = torch.randn(40, 3, requires_grad=True)
+    y = torch.randn(50, 3) + 0.5
+    v = mmd(x, y)
+    assert v.item() == pytest.approx(mmd(10 * x, 10 * y).item(), rel=1e-4)
+    v.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_hsic_independent_near_zero_dependent_positive():
+    torch.manual_seed(0)
+    n, reps = 64, 100
+    indep, dep = [], []
+    for _ in range(reps):
+        x = torch.randn(n, 2)
+        indep.append(hsic(x, torch.randn(n, 3)).item())
+        dep.append(hsic(x, x[:, :1] ** 2 + 0.1 * torch.randn(n, 1)).item())  # nonlinear
+    mean_indep = sum(indep) / reps
+    assert abs(mean_indep) < 2e-3
+    assert sum(dep) / reps > 20 * abs(mean_indep) + 0.004
+    # permuting the pairs of a dependent sample destroys the dependence
+    x = torch.randn(200, 2)
+    y = x + 0.1 * torch.randn(200, 2)
+    assert hsic(x, y) > 0.02
+    assert abs(hsic(x, y[torch.randperm(200)]).item()) < 0.002
+    # symmetric in its arguments
+    assert hsic(x, y).item() == pytest.approx(hsic(y, x).item(), rel=1e-5)
+
+
+def _small_model_and_batch():
+    adata = pc.data.simulate_contrastive(60, 60, 30, 3, 2, seed=0)
+    data = pc.data.ComparativeData.from_anndata(adata, "condition", "background")
+    model = pc.models.ContrastiveVAE(data.n_features, 3, 4, hidden=(16,))
+    batch = next(iter(data.loader(64, seed=0)))
+    return model, data, batch
+
+
+@pytest.mark.parametrize("name", sorted(PENALTIES))
+def test_registry_penalties_are_differentiable_scalars(name):
+    torch.manual_seed(0)
+    model, _, batch = _small_model_and_batch()
+    model.track_background_salient = True
+    model.guide(**batch)
+    value = PENALTIES[name](model)
+    assert value.shape == () and torch.isfinite(value)
+    value.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_background_salient_penalty_needs_tracking_and_says_so():
+    model, _, batch = _small_model_and_batch()
+    model.guide(**batch)
+    with pytest.raises(KeyError, match="track_background_salient"):
+        PENALTIES["wasserstein_to_zero"](model)
+
+
+def test_wasserstein_penalty_matches_encoder_outputs_and_evaluate_penalty():
+    model, data, batch = _small_model_and_batch()
+    model.track_background_salient = True
+    model.guide(**batch)
+    loc, scale = model.salient_encoder(batch["x_background"])
+    expected = (loc.pow(2) + scale.pow(2)).sum(-1).mean()
+    assert PENALTIES["wasserstein_to_zero"](model).item() == pytest.approx(expected.item())
+    model.track_background_salient = False
+    value = evaluate_penalty(model, data, "wasserstein_to_zero", batch_size=1000)
+    assert model.track_background_salient is False  # restored
+    x_bg = data.full_batch()["x_background"]
+    loc, scale = model.salient_encoder(x_bg)
+    assert value == pytest.approx((loc.pow(2) + scale.pow(2)).sum(-1).mean().item(), rel=1e-4)
