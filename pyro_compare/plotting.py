@@ -1,4 +1,5 @@
-"""Figures a biologist expects: per-source loss curves, latent scatters, multiplier traces."""
+"""Figures a biologist expects: per-source loss curves, multiplier traces, latent scatters,
+UMAPs of each latent (via scanpy), ATE scatters and posterior predictive checks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["loss_curves", "latent_scatter", "objective_traces"]
+__all__ = [
+    "ate_scatter",
+    "latent_scatter",
+    "latent_umap",
+    "loss_curves",
+    "objective_traces",
+    "ppc",
+]
 
 _SOURCES = ("background", "target", "global")
 
@@ -84,3 +92,135 @@ def latent_scatter(
     ax.set_ylabel(f"dim {dims[1]}")
     ax.set_title(title)
     return ax
+
+
+def latent_umap(
+    adata,
+    obsm_keys: Sequence[str] = ("X_background", "X_salient"),
+    color: str | Sequence[str] = ("condition",),
+    n_neighbors: int = 15,
+    seed: int = 0,
+    key_added: str | None = "umap",
+    axes=None,
+    **pl_kwargs,
+):
+    """UMAP of each latent representation, coloured by ``obs`` keys (one row per latent).
+
+    For each ``obsm`` key, a light copy of ``adata`` (``obs`` and that latent only) goes
+    through ``sc.pp.neighbors(use_rep=key)``, ``sc.tl.umap`` and ``sc.pl.umap``, so the
+    user's neighbour graph and ``X_umap`` are left alone. With ``key_added`` the UMAP
+    coordinates are stored as ``adata.obsm[f"{key}_{key_added}"]`` (e.g.
+    ``X_background_umap``). Cells with NaN latents (not fitted) are left out.
+
+    Parameters
+    ----------
+    obsm_keys
+        Latent representations to embed.
+    color
+        ``obs`` column(s) to colour by (one column of panels each).
+    n_neighbors, seed
+        Passed to ``sc.pp.neighbors`` / ``sc.tl.umap``.
+    **pl_kwargs
+        Passed to ``sc.pl.umap`` (e.g. ``size``, ``palette``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The axes, shape (len(obsm_keys), len(color)).
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    keys = [obsm_keys] if isinstance(obsm_keys, str) else list(obsm_keys)
+    colors = [color] if isinstance(color, str) else list(color)
+    if axes is None:
+        _, axes = plt.subplots(
+            len(keys), len(colors), figsize=(4.2 * len(colors), 3.6 * len(keys)), squeeze=False
+        )
+    axes = np.asarray(axes).reshape(len(keys), len(colors))
+    for i, key in enumerate(keys):
+        if key not in adata.obsm:
+            raise KeyError(f"adata.obsm has no {key!r}; available: {list(adata.obsm)}.")
+        latent = np.asarray(adata.obsm[key], dtype=np.float32)
+        ok = np.isfinite(latent).all(axis=1)
+        light = ad.AnnData(obs=adata.obs.loc[ok, colors].copy(), obsm={key: latent[ok]})
+        sc.pp.neighbors(light, n_neighbors=n_neighbors, use_rep=key, random_state=seed)
+        sc.tl.umap(light, random_state=seed)
+        if key_added is not None:
+            full = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
+            full[ok] = light.obsm["X_umap"]
+            adata.obsm[f"{key}_{key_added}"] = full
+        for j, c in enumerate(colors):
+            sc.pl.umap(light, color=c, ax=axes[i, j], show=False, **pl_kwargs)
+            axes[i, j].set_title(f"{key.removeprefix('X_')}: {c}")
+    return axes
+
+
+def ate_scatter(
+    predicted,
+    observed,
+    gene_names: Sequence[str] | None = None,
+    n_labels: int = 10,
+    ax=None,
+    title: str = "ATE",
+    s: float = 6.0,
+):
+    r"""Predicted against observed average treatment effects, one point per gene.
+
+    The top ``n_labels`` genes by :math:`|\text{observed}|` are labelled; the title gives the
+    Pearson correlation over all genes and the identity line is drawn.
+    """
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    observed = np.asarray(observed, dtype=np.float64).ravel()
+    if predicted.shape != observed.shape:
+        raise ValueError(f"predicted {predicted.shape} and observed {observed.shape} differ.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(observed, predicted, s=s, color="tab:blue", linewidths=0, alpha=0.7)
+    lo = float(np.nanmin([observed.min(), predicted.min()]))
+    hi = float(np.nanmax([observed.max(), predicted.max()]))
+    ax.plot([lo, hi], [lo, hi], "--", color="gray", lw=1)
+    ax.axhline(0, color="lightgray", lw=0.5)
+    ax.axvline(0, color="lightgray", lw=0.5)
+    if gene_names is not None and n_labels > 0:
+        names = np.asarray(gene_names).astype(str)
+        for g in np.argsort(-np.abs(observed))[:n_labels]:
+            ax.annotate(names[g], (observed[g], predicted[g]), fontsize=7)
+    r = np.corrcoef(observed, predicted)[0, 1] if observed.size > 1 else float("nan")
+    ax.set_xlabel("observed")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"{title} (Pearson r = {r:.2f})")
+    return ax
+
+
+def ppc(stats: pd.DataFrame, axes=None, title: str = "", s: float = 5.0):
+    """Posterior predictive check: observed against predicted per-gene statistics.
+
+    ``stats`` is :func:`pyro_compare.tools.ppc_statistics` (columns ``observed_mean``,
+    ``predicted_mean``, ``observed_var``, ``predicted_var``, ``observed_zero``,
+    ``predicted_zero``). Three panels: mean and variance (log-log) and zero fraction, each
+    with the identity line; points on the line mean the model reproduces that statistic.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    panels = (
+        ("mean", "per-gene mean", True),
+        ("var", "per-gene variance", True),
+        ("zero", "zero fraction", False),
+    )
+    for ax, (name, label, log) in zip(axes, panels):
+        obs = stats[f"observed_{name}"].to_numpy(dtype=np.float64)
+        pred = stats[f"predicted_{name}"].to_numpy(dtype=np.float64)
+        if log:
+            keep = (obs > 0) & (pred > 0)
+            obs, pred = obs[keep], pred[keep]
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.scatter(obs, pred, s=s, linewidths=0, alpha=0.7)
+        if obs.size:
+            lo, hi = min(obs.min(), pred.min()), max(obs.max(), pred.max())
+            ax.plot([lo, hi], [lo, hi], "--", color="gray", lw=1)
+        ax.set_xlabel(f"observed {label}")
+        ax.set_ylabel(f"predicted {label}")
+        ax.set_title(f"{title} {label}".strip())
+    return axes
