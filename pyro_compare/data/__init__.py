@@ -1,7 +1,7 @@
 """AnnData -> tensors, validation, and simulators with ground truth."""
 
 from .comparative import SOURCES, ComparativeData, build_design
-from .simulate import simulate_contrastive
+from .simulate import simulate_contrastive, simulate_mixture
 from .validation import DataValidationError
 
 __all__ = [
@@ -10,4 +10,5 @@ __all__ = [
     "DataValidationError",
     "build_design",
     "simulate_contrastive",
+    "simulate_mixture",
 ]

@@ -12,7 +12,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["random_mixing", "simulate_contrastive", "sample_observations"]
+__all__ = [
+    "random_mixing",
+    "simulate_contrastive",
+    "simulate_mixture",
+    "sample_observations",
+]
 
 
 def random_mixing(
@@ -102,6 +107,129 @@ def sample_observations(
     return sp.csr_matrix(x), library, theta
 
 
+def _random_covariance(d: int, rng: np.random.Generator, scale_range: tuple[float, float]):
+    """Random SPD matrix ``Q diag(s^2) Q^T`` with ``Q`` Haar-orthogonal, ``s`` uniform."""
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    q = q * np.sign(np.diag(r))
+    s = rng.uniform(*scale_range, size=d)
+    return (q * s**2) @ q.T
+
+
+def simulate_mixture(
+    n_cells: int = 3000,
+    n_genes: int = 200,
+    n_latent: int = 5,
+    n_components: int = 5,
+    seed: int = 0,
+    likelihood: str = "nb",
+    mixing: str = "relu",
+    hidden: tuple[int, ...] = (64,),
+    separation: float = 3.0,
+    component_scale: tuple[float, float] = (0.4, 1.0),
+    library_mean: float = 2000.0,
+    library_sd_log: float = 0.3,
+    output_scale: float = 1.0,
+    noise_sd: float = 0.5,
+) -> ad.AnnData:
+    r"""Data from a Gaussian-mixture latent pushed through a random MLP (Kivva et al. 2022).
+
+    .. math::
+
+        c_n &\sim \mathrm{Categorical}(\pi), \qquad
+        z_n \mid c_n \sim N(\mu_{c_n}, \Sigma_{c_n}), \\
+        x_n &\sim NB\big(l_n\, \mathrm{softmax}(f(z_n)), \theta\big)
+        \quad\text{(or Poisson, or } x_n = f(z_n) + \sigma \varepsilon_n\text{)}
+
+    with :math:`\pi \sim \mathrm{Dirichlet}(5 \cdot 1_K)`, means
+    :math:`\mu_k \sim N(0, \text{separation}^2 I / d)` (so the expected distance between two
+    means is about ``separation * sqrt(2)``), covariances
+    :math:`\Sigma_k = Q_k \operatorname{diag}(s_k^2) Q_k^\top` with random rotations
+    :math:`Q_k` and :math:`s_{kj}` uniform in ``component_scale``, and :math:`f` a random
+    ReLU MLP (``mixing="relu"``, piecewise affine: identifiable up to an affine map) or a
+    smooth one (``mixing="smooth"``). The latents are then centred and divided by one global
+    scalar so their average variance is 1 (an affine change; the stored means and
+    covariances are those of the standardised latents).
+
+    Parameters
+    ----------
+    n_cells, n_genes
+        Data size.
+    n_latent, n_components
+        Latent dimension :math:`d` and number of mixture components :math:`K`.
+    seed
+        Seed of everything (:func:`numpy.random.default_rng`).
+    likelihood
+        ``"nb"``, ``"poisson"`` or ``"gaussian"``.
+    mixing, hidden, output_scale
+        The random mixing MLP, see :func:`random_mixing`.
+    separation, component_scale
+        Spread of the component means and range of the components' standard deviations.
+    library_mean, library_sd_log, noise_sd
+        Observation noise, see :func:`sample_observations`.
+
+    Returns
+    -------
+    AnnData
+        ``X``: counts (CSR) or continuous values; ``obs["component"]`` (categorical
+        :math:`c_n`), ``obs["library_size"]`` (counts); ``obsm["true_latent"]`` (:math:`z`,
+        shape (n_cells, n_latent)); ``uns["true_weights"]`` (K,), ``uns["true_means"]``
+        (K, d), ``uns["true_covariances"]`` (K, d, d); ``uns["simulation"]``: the settings.
+    """
+    if n_cells < 1 or n_components < 1 or n_latent < 1:
+        raise ValueError("n_cells, n_latent and n_components must be positive.")
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(n_components, 5.0))
+    means = rng.normal(0.0, separation / np.sqrt(n_latent), size=(n_components, n_latent))
+    covs = np.stack([_random_covariance(n_latent, rng, component_scale) for _ in weights])
+    c = rng.choice(n_components, size=n_cells, p=weights)
+    chol = np.linalg.cholesky(covs)
+    z = means[c] + np.einsum("nij,nj->ni", chol[c], rng.normal(size=(n_cells, n_latent)))
+    # Standardise with one centre and one scalar scale (an affine map, so nothing is lost).
+    centre = z.mean(0)
+    scale = np.sqrt(z.var(0).mean())
+    z = (z - centre) / scale
+    means = (means - centre) / scale
+    covs = covs / scale**2
+    f = random_mixing(n_latent, n_genes, rng, hidden=hidden, kind=mixing, output_scale=output_scale)
+    x, library, theta = sample_observations(
+        f(z),
+        rng,
+        likelihood,
+        library_mean=library_mean,
+        library_sd_log=library_sd_log,
+        noise_sd=noise_sd,
+    )
+    obs = pd.DataFrame(
+        {"component": pd.Categorical(c, categories=np.arange(n_components))},
+        index=[f"cell{i}" for i in range(n_cells)],
+    )
+    if library is not None:
+        obs["library_size"] = np.asarray(x.sum(1)).ravel()
+    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)]))
+    adata.obsm["true_latent"] = z.astype(np.float32)
+    adata.uns["true_weights"] = weights
+    adata.uns["true_means"] = means
+    adata.uns["true_covariances"] = covs
+    adata.uns["simulation"] = {
+        "kind": "mixture",
+        "seed": seed,
+        "likelihood": likelihood,
+        "mixing": mixing,
+        "n_latent": n_latent,
+        "n_components": n_components,
+        "hidden": list(hidden),
+        "separation": separation,
+        "component_scale": list(component_scale),
+        "library_mean": library_mean,
+        "library_sd_log": library_sd_log,
+        "output_scale": output_scale,
+        "noise_sd": noise_sd,
+    }
+    if theta is not None:
+        adata.var["true_inverse_dispersion"] = theta
+    return adata
+
+
 def simulate_contrastive(
     n_background: int = 2000,
     n_target: int = 2000,
@@ -114,6 +242,9 @@ def simulate_contrastive(
     hidden: tuple[int, ...] = (64,),
     library_mean: float = 2000.0,
     output_scale: float = 1.0,
+    library_sd_log: float = 0.3,
+    noise_sd: float = 0.5,
+    salient_scale: float = 1.0,
 ) -> ad.AnnData:
     r"""Contrastive data with known background and salient latents.
 
@@ -124,6 +255,32 @@ def simulate_contrastive(
         x_n \sim NB\big(l_n \,\mathrm{softmax}(f([z_n, t_n])), \theta\big)
 
     with ``f`` a random ReLU MLP (piecewise affine) or a smooth MLP (``mixing="smooth"``).
+
+    Parameters
+    ----------
+    n_background, n_target
+        Number of background and target cells.
+    n_genes
+        Number of features G.
+    n_background_latent, n_salient_latent
+        Dimensions of the two latent blocks, :math:`d_z` and :math:`d_t`.
+    likelihood
+        ``"nb"``, ``"poisson"`` (counts) or ``"gaussian"`` (``x = f([z, t]) + noise_sd * eps``).
+    mixing
+        ``"relu"`` / ``"leaky_relu"`` (piecewise affine: the identifiable case) or ``"smooth"``
+        (tanh + softplus layers: no identifiability guarantee).
+    hidden
+        Hidden widths of the random mixing MLP.
+    library_mean, library_sd_log
+        Library sizes :math:`l_n \sim \mathrm{LogNormal}(\log(\text{library\_mean}),
+        \text{library\_sd\_log})`.
+    output_scale
+        Standard deviation of each gene's logit across cells (signal strength).
+    noise_sd
+        Noise standard deviation for ``likelihood="gaussian"``.
+    salient_scale
+        Standard deviation of the salient latent of target cells, :math:`t_n \sim
+        N(0, \text{salient\_scale}^2 I)` (effect size of the target condition).
 
     Returns
     -------
@@ -139,7 +296,7 @@ def simulate_contrastive(
     n = n_background + n_target
     z = rng.normal(size=(n, n_background_latent))
     t = np.zeros((n, n_salient_latent))
-    t[n_background:] = rng.normal(size=(n_target, n_salient_latent))
+    t[n_background:] = salient_scale * rng.normal(size=(n_target, n_salient_latent))
     f = random_mixing(
         n_background_latent + n_salient_latent,
         n_genes,
@@ -149,7 +306,14 @@ def simulate_contrastive(
         output_scale=output_scale,
     )
     logits = f(np.concatenate([z, t], axis=1))
-    x, library, theta = sample_observations(logits, rng, likelihood, library_mean=library_mean)
+    x, library, theta = sample_observations(
+        logits,
+        rng,
+        likelihood,
+        library_mean=library_mean,
+        library_sd_log=library_sd_log,
+        noise_sd=noise_sd,
+    )
     condition = np.array(["background"] * n_background + ["target"] * n_target)
     obs = pd.DataFrame(
         {"condition": pd.Categorical(condition, categories=["background", "target"])},
@@ -167,7 +331,14 @@ def simulate_contrastive(
         "mixing": mixing,
         "n_background_latent": n_background_latent,
         "n_salient_latent": n_salient_latent,
+        "hidden": list(hidden),
+        "library_mean": library_mean,
+        "library_sd_log": library_sd_log,
+        "output_scale": output_scale,
+        "noise_sd": noise_sd,
+        "salient_scale": salient_scale,
     }
     if theta is not None:
         adata.var["true_inverse_dispersion"] = theta
     return adata
+
