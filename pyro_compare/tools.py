@@ -270,6 +270,7 @@ def fit(
             },
             "objective": _objective_settings(objective),
             "history": hist,
+            "history_columns": list(hist.columns),
         },
     )
     latents(adata, model, data, key_added=key_added)
@@ -328,7 +329,9 @@ def history(adata: ad.AnnData, key: str = "contrastive_vae") -> pd.DataFrame:
         stored = adata.uns[UNS_KEY][key]["history"]
     except KeyError as err:
         raise KeyError(f"adata.uns[{UNS_KEY!r}][{key!r}] holds no history.") from err
-    return pd.DataFrame({k: np.asarray(v) for k, v in stored.items()})
+    columns = list(adata.uns[UNS_KEY][key].get("history_columns", stored.keys()))
+    columns += [c for c in stored if c not in columns]
+    return pd.DataFrame({k: np.asarray(stored[k]) for k in columns if k in stored})
 
 
 # ---------------------------------------------------------------------------- prediction
