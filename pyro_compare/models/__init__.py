@@ -2,5 +2,12 @@
 
 from .base import ComparativeModel, load_model
 from .contrastive import ContrastiveVAE
+from .mixture import MixturePriorVAE, single_source_data
 
-__all__ = ["ComparativeModel", "ContrastiveVAE", "load_model"]
+__all__ = [
+    "ComparativeModel",
+    "ContrastiveVAE",
+    "load_model",
+    "MixturePriorVAE",
+    "single_source_data",
+]
