@@ -129,7 +129,7 @@ def _reference_tensor(fn: Any) -> Tensor | None:
 
 
 def _as_tensor(
-    z: Any, like: Tensor | None = None, name: str = "z", one_d: str = "column"
+    z: Any, like: Tensor | None = None, name: str = "z", one_d: str = "column", detach: bool = True
 ) -> Tensor:
     """Convert latents to a floating ``(n, d)`` tensor (dtype/device of ``like`` for non-tensors).
 
@@ -137,13 +137,18 @@ def _as_tensor(
     or a single ``d``-dimensional point (``one_d="point"``).
     """
     if isinstance(z, Tensor):
-        z_t = z.detach()
+        z_t = z.detach() if detach else z
         if not z_t.is_floating_point():
             z_t = z_t.to(torch.get_default_dtype() if like is None else like.dtype)
     else:
-        dtype = torch.get_default_dtype() if like is None else like.dtype
-        device = None if like is None else like.device
-        z_t = torch.as_tensor(np.asarray(z), dtype=dtype, device=device)
+        z_arr = np.asarray(z)
+        if like is not None:
+            dtype, device = like.dtype, like.device
+        elif z_arr.dtype in (np.float32, np.float64):
+            dtype, device = (torch.float32 if z_arr.dtype == np.float32 else torch.float64), None
+        else:
+            dtype, device = torch.get_default_dtype(), None
+        z_t = torch.as_tensor(z_arr, dtype=dtype, device=device)
     if z_t.ndim == 1:
         z_t = z_t[None, :] if one_d == "point" else z_t[:, None]
     if z_t.ndim != 2:
@@ -202,37 +207,54 @@ def _embedding(
     return nb_embed
 
 
-def _jacobian(fn: Callable[[Tensor], Tensor], z_nd: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row Jacobian of ``fn`` by forward mode: returns ``(mu_ng, J_ngd)``.
+def _jacobian(
+    fn: Callable[[Tensor], Tensor], z_nd: Tensor, create_graph: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row Jacobian of ``fn``: returns ``(mu_ng, J_ngd)``.
 
-    One Jacobian-vector product per latent direction (``d`` forward passes on the
-    whole batch; cheap because ``d`` is small). Falls back to the double-backward
-    trick (``J v = d/du <J^T u, v>``) for decoders without forward-mode support.
+    Jacobian-vector products by the double-backward trick,
+    :math:`J v = \partial_u \langle J^\top u, v\rangle`: one forward and one
+    backward pass build :math:`J^\top u` as a function of a dummy ``u``, then one
+    cheap backward pass per latent direction gives a column :math:`J e_k` for all
+    rows at once (``d`` is small, ``G`` large, so this beats ``G`` reverse passes).
+    It needs no forward-mode support and avoids the slow first call of
+    ``torch.func`` (which imports the compiler stack); ``torch.func.jvp`` is the
+    fallback for operations without double backward.
     """
     n, d = z_nd.shape
     eye_dd = torch.eye(d, dtype=z_nd.dtype, device=z_nd.device)
     try:
+        with torch.enable_grad():
+            z = z_nd if (create_graph and z_nd.requires_grad) else z_nd.detach().requires_grad_()
+            mu_ng = _flat_decode(fn, z)
+            u_ng = torch.zeros_like(mu_ng, requires_grad=True)
+            (jtu_nd,) = torch.autograd.grad(
+                mu_ng, z, grad_outputs=u_ng, create_graph=True, allow_unused=True
+            )
+            if jtu_nd is None or not jtu_nd.requires_grad:  # fn does not depend on z
+                return mu_ng, mu_ng.new_zeros(*mu_ng.shape, d)
+            cols = []
+            for k in range(d):
+                (col_ng,) = torch.autograd.grad(
+                    jtu_nd,
+                    u_ng,
+                    grad_outputs=eye_dd[k].expand(n, d),
+                    retain_graph=k < d - 1 or create_graph,
+                    create_graph=create_graph,
+                    allow_unused=True,
+                )
+                cols.append(torch.zeros_like(mu_ng) if col_ng is None else col_ng)
+        J_ngd = torch.stack(cols, dim=-1)
+        return (mu_ng, J_ngd) if create_graph else (mu_ng.detach(), J_ngd.detach())
+    except (RuntimeError, NotImplementedError):  # pragma: no cover - depends on the decoder
         cols = []
         mu_ng = None
         for k in range(d):
             v_nd = eye_dd[k].expand(n, d)
-            mu_ng, jv_ng = torch.func.jvp(lambda z: _flat_decode(fn, z), (z_nd,), (v_nd,))
+            mu_ng, jv_ng = torch.func.jvp(lambda x: _flat_decode(fn, x), (z_nd,), (v_nd,))
             cols.append(jv_ng)
         assert mu_ng is not None
         return mu_ng, torch.stack(cols, dim=-1)
-    except (RuntimeError, NotImplementedError):  # pragma: no cover - depends on the decoder
-        with torch.enable_grad():
-            z = z_nd.detach().requires_grad_(True)
-            mu_ng = _flat_decode(fn, z)
-            u_ng = torch.zeros_like(mu_ng, requires_grad=True)
-            (jtu_nd,) = torch.autograd.grad(mu_ng, z, grad_outputs=u_ng, create_graph=True)
-            cols = [
-                torch.autograd.grad(
-                    jtu_nd, u_ng, grad_outputs=eye_dd[k].expand(n, d), retain_graph=True
-                )[0]
-                for k in range(d)
-            ]
-        return mu_ng.detach(), torch.stack(cols, dim=-1)
 
 
 # --------------------------------------------------------------------------- metric
@@ -245,6 +267,7 @@ def pullback_metric(
     *,
     theta: Tensor | float | None = None,
     eps: float = 1e-8,
+    create_graph: bool = False,
 ) -> Tensor:
     r"""Riemannian metric that the decoder pulls back onto the latent space.
 
@@ -279,6 +302,10 @@ def pullback_metric(
         required for ``"fisher_nb"``.
     eps
         Means are clamped to at least ``eps`` in the Fisher weights.
+    create_graph
+        Keep the result differentiable (w.r.t. ``z`` if it requires grad, and
+        the decoder's parameters), e.g. to regularise the metric; by default
+        the result is detached.
 
     Returns
     -------
@@ -288,16 +315,16 @@ def pullback_metric(
 
     Notes
     -----
-    The Jacobian is computed in forward mode, one Jacobian-vector product per
+    The Jacobian is built column by column, one Jacobian-vector product per
     latent dimension on the whole batch (the latent dimension is small, the
-    observation dimension large, so this is much cheaper than reverse mode).
-    Rows are assumed to be decoded independently.
+    observation dimension large, so this is much cheaper than one reverse pass
+    per output). Rows are assumed to be decoded independently.
     """
     _check_kind(kind)
     fn = _resolve_decoder(decoder)
     single = np.ndim(z) == 1
-    z_nd = _as_tensor(z, _reference_tensor(fn), one_d="point")
-    mu_ng, J_ngd = _jacobian(fn, z_nd)
+    z_nd = _as_tensor(z, _reference_tensor(fn), one_d="point", detach=not create_graph)
+    mu_ng, J_ngd = _jacobian(fn, z_nd, create_graph)
     if kind == "euclidean":
         G_ndd = torch.einsum("ngi,ngj->nij", J_ngd, J_ngd)
     else:
@@ -427,6 +454,130 @@ def _offset_basis(
     return torch.as_tensor(basis, dtype=dtype, device=device)
 
 
+class _BatchedAdam:
+    """Adam with one independent state per pair (rows of ``(P, D)`` tensors).
+
+    A trial that raises the pair's energy is rejected; the step towards it is
+    halved (for good: the pair's step size is halved too) and retried, so the
+    accepted energy never increases. Adam's epsilon is relative to the pair's
+    gradient scale, so coordinates whose gradient is round-off (by symmetry,
+    say) are not blown up to full steps.
+    """
+
+    beta1, beta2, eps = 0.9, 0.999, 1e-3
+
+    def __init__(self, P: int, D: int, lr_p: Tensor, dtype: torch.dtype, device: Any) -> None:
+        z = torch.zeros(P, D, dtype=dtype, device=device)
+        self.trial, self.w_acc, self.step = z, z.clone(), z.clone()
+        self.m1, self.m2 = z.clone(), z.clone()
+        self.e_acc = torch.full((P,), math.inf, dtype=dtype, device=device)
+        self.t = torch.zeros(P, dtype=dtype, device=device)
+        self.lr_p = lr_p.clone()
+        self.lr_min = lr_p * 2.0**-20
+        self.tiny = torch.finfo(dtype).tiny
+
+    def acceptable(self, idx: Tensor, e: Tensor) -> Tensor:
+        return e <= self.e_acc[idx]
+
+    def accept(self, idx: Tensor, w: Tensor, e: Tensor, g: Tensor) -> None:
+        self.w_acc[idx], self.e_acc[idx] = w, e
+        self.m1[idx] = self.beta1 * self.m1[idx] + (1 - self.beta1) * g
+        self.m2[idx] = self.beta2 * self.m2[idx] + (1 - self.beta2) * g * g
+        self.t[idx] += 1
+        t = self.t[idx][:, None]
+        m_hat = self.m1[idx] / (1 - self.beta1**t)
+        v_hat = self.m2[idx] / (1 - self.beta2**t)
+        rms = v_hat.mean(1, keepdim=True).sqrt()
+        denom = v_hat.sqrt() + self.eps * rms + self.tiny
+        self.step[idx] = self.lr_p[idx][:, None] * m_hat / denom
+        self.trial[idx] = w - self.step[idx]
+
+    def reject(self, idx: Tensor) -> None:
+        self.step[idx] = 0.5 * self.step[idx]
+        self.lr_p[idx] = 0.5 * self.lr_p[idx]
+        self.trial[idx] = self.w_acc[idx] - self.step[idx]
+
+    def exhausted(self, idx: Tensor) -> Tensor:
+        return self.lr_p[idx] < self.lr_min[idx]
+
+
+class _BatchedLBFGS:
+    """L-BFGS with one independent state per pair and a backtracking Armijo search.
+
+    The two-loop recursion runs on all active pairs at once (per-pair dot
+    products); each pair keeps its own history of the last ``m`` steps. Trials
+    start at the full quasi-Newton step and are halved until the pair's energy
+    decreases by at least ``c1 * alpha * g^T p`` (so the accepted energy never
+    increases). Without history the direction is steepest descent scaled so
+    that the largest coordinate moves by the pair's ``lr_p``.
+    """
+
+    m, c1 = 10, 1e-4
+
+    def __init__(self, P: int, D: int, lr_p: Tensor, dtype: torch.dtype, device: Any) -> None:
+        z = torch.zeros(P, D, dtype=dtype, device=device)
+        self.trial, self.w_acc, self.g_acc, self.dirn = z, z.clone(), z.clone(), z.clone()
+        self.e_acc = torch.full((P,), math.inf, dtype=dtype, device=device)
+        self.alpha = torch.ones(P, dtype=dtype, device=device)
+        self.S = torch.zeros(P, self.m, D, dtype=dtype, device=device)
+        self.Y = torch.zeros_like(self.S)
+        self.rho = torch.zeros(P, self.m, dtype=dtype, device=device)  # 0 = empty slot
+        self.lr_p = lr_p
+        self.tiny = torch.finfo(dtype).tiny
+
+    def acceptable(self, idx: Tensor, e: Tensor) -> Tensor:
+        slope = (self.g_acc[idx] * self.dirn[idx]).sum(1)  # g^T p <= 0
+        return e <= self.e_acc[idx] + self.c1 * self.alpha[idx] * slope
+
+    def _direction(self, idx: Tensor, g: Tensor) -> Tensor:
+        S, Y, rho = self.S[idx], self.Y[idx], self.rho[idx]
+        q = g.clone()
+        a = torch.zeros_like(rho)
+        for i in range(self.m):  # newest first
+            a[:, i] = rho[:, i] * (S[:, i] * q).sum(1)
+            q = q - a[:, i, None] * Y[:, i]
+        has_hist = rho[:, 0] > 0
+        sy = (S[:, 0] * Y[:, 0]).sum(1)
+        yy = (Y[:, 0] * Y[:, 0]).sum(1).clamp_min(self.tiny)
+        gmax = g.abs().amax(1).clamp_min(self.tiny)
+        gamma = torch.where(has_hist, sy / yy, self.lr_p[idx] / gmax)
+        r = gamma[:, None] * q
+        for i in reversed(range(self.m)):  # oldest first
+            b = rho[:, i] * (Y[:, i] * r).sum(1)
+            r = r + (a[:, i] - b)[:, None] * S[:, i]
+        p = -r
+        # Not a descent direction (round-off, kinks of a ReLU decoder): forget the
+        # history and fall back to scaled steepest descent.
+        bad = (p * g).sum(1) >= 0
+        if bad.any():
+            self.rho[idx[bad]] = 0
+            p[bad] = -(self.lr_p[idx[bad]] / gmax[bad])[:, None] * g[bad]
+        return p
+
+    def accept(self, idx: Tensor, w: Tensor, e: Tensor, g: Tensor) -> None:
+        had = torch.isfinite(self.e_acc[idx])
+        s = w - self.w_acc[idx]
+        y = g - self.g_acc[idx]
+        sy = (s * y).sum(1)
+        keep = had & (sy > 1e-10 * s.norm(dim=1) * y.norm(dim=1)) & (sy > 0)
+        if keep.any():
+            k = idx[keep]
+            self.S[k] = torch.cat([s[keep, None], self.S[k, :-1]], 1)
+            self.Y[k] = torch.cat([y[keep, None], self.Y[k, :-1]], 1)
+            self.rho[k] = torch.cat([(1 / sy[keep])[:, None], self.rho[k, :-1]], 1)
+        self.w_acc[idx], self.e_acc[idx], self.g_acc[idx] = w, e, g
+        self.dirn[idx] = self._direction(idx, g)
+        self.alpha[idx] = 1.0
+        self.trial[idx] = w + self.dirn[idx]
+
+    def reject(self, idx: Tensor) -> None:
+        self.alpha[idx] = 0.5 * self.alpha[idx]
+        self.trial[idx] = self.w_acc[idx] + self.alpha[idx, None] * self.dirn[idx]
+
+    def exhausted(self, idx: Tensor) -> Tensor:
+        return self.alpha[idx] < 2.0**-20
+
+
 def geodesic(
     decoder: Decoder,
     z_a: Tensor,
@@ -441,6 +592,7 @@ def geodesic(
     theta: Tensor | float | None = None,
     n_nodes: int = 6,
     patience: int = 5,
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs",
 ) -> GeodesicResult:
     r"""Shortest latent curves between ``P`` pairs of points, optimised together.
 
@@ -470,16 +622,28 @@ def geodesic(
     :math:`\phi' = \sqrt{w}`, i.e. :math:`\phi(\mu) = 2\sqrt{\mu}` (Poisson) and
     :math:`\phi(\mu) = 2\sqrt{\theta}\operatorname{arsinh}\sqrt{\mu/\theta}` (NB).
 
-    All pairs are optimised in one batched tensor with Adam (written out here
-    so that every pair keeps its own state): the update of a pair depends only
-    on that pair's energy, so a batch gives the same curves as one pair at a
-    time. Safeguards per pair: the step size is proportional to the endpoint
-    distance (so rescaling the latent space rescales the whole optimisation);
-    Adam's :math:`\epsilon` is relative to the pair's gradient scale; a step that increases the pair's energy is rejected, halved and
-    retried, so the accepted energy never increases. A pair stops (converged)
-    after ``patience`` consecutive iterations whose relative energy decrease
-    is below ``tol`` (or after 20 halvings); stopped pairs drop out of the
-    batch, so late iterations only pay for the pairs still moving.
+    All pairs are optimised in one batched tensor, one energy-and-gradient
+    evaluation of all active pairs per iteration, with an optimiser written
+    out here so that every pair keeps its own state (``torch.optim`` would
+    couple the pairs through a shared line search): a pair's trajectory
+    depends only on its own energy, so a batch gives the same curves as one
+    pair at a time. ``optimizer="lbfgs"`` (default): L-BFGS with per-pair
+    history and a backtracking Armijo line search; ``"adam"``: Adam whose
+    rejected (energy-increasing) steps are halved and retried. Either way
+    the accepted energy of a pair never increases, and the first step moves
+    the curve by about ``lr`` times the node spacing (proportional to
+    :math:`\lVert z_b - z_a\rVert`, so rescaling the latent space rescales the
+    whole optimisation). A pair stops (``converged``) after ``patience``
+    consecutive accepted iterations whose relative energy decrease is below
+    ``tol``, or once its trial step has been halved 20 times; stopped pairs
+    drop out of the batch, so late iterations only pay for the pairs still
+    moving.
+
+    The returned ``length`` is that of the optimised discrete curve, so
+    incomplete optimisation can only over-estimate the distance; the
+    discretisation (chords between decoded points) under-estimates the length
+    of a curved image by a relative :math:`O(N^{-2})`. Use more ``n_points``
+    when the decoder bends strongly between neighbouring points.
 
     Parameters
     ----------
@@ -494,7 +658,7 @@ def geodesic(
     max_iter
         Maximum number of energy/gradient evaluations per pair.
     lr
-        Adam step size in units of the spacing of the free nodes along the
+        Initial step size in units of the spacing of the free nodes along the
         line, :math:`\lVert z_b - z_a\rVert / (K + 1)` with ``K`` the number of
         free nodes (``n_nodes`` or ``n_points - 2``).
     tol
@@ -507,6 +671,8 @@ def geodesic(
         Interior control nodes of the spline.
     patience
         Stalled iterations in a row before a pair counts as converged.
+    optimizer
+        ``"lbfgs"`` or ``"adam"``.
 
     Returns
     -------
@@ -543,30 +709,39 @@ def geodesic(
             return line + w_pkd
         return line + torch.einsum("nk,pkd->pnd", basis_nk, w_pkd)
 
-    def energy(idx: Tensor, w_pkd: Tensor) -> Tensor:
-        c_int = interior(idx, w_pkd)
-        n_int = c_int.shape[1]
-        e_int = embed(c_int.reshape(-1, d)).reshape(idx.numel(), n_int, -1)
-        e_png = torch.cat([ea_pg[idx][:, None], e_int, eb_pg[idx][:, None]], dim=1)
-        return (N - 1) * (e_png[:, 1:] - e_png[:, :-1]).pow(2).sum((1, 2))
+    def energy_and_grad(idx: Tensor, w_pD: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Energy ``(Pa,)`` and its gradient w.r.t. the parameters ``(Pa, D)``.
 
-    # Per-pair Adam state.
-    w = torch.zeros(P, n_par, d, dtype=dtype, device=device)  # trial parameters
-    w_acc = w.clone()  # last accepted parameters
-    e_acc = torch.full((P,), math.inf, dtype=dtype, device=device)
-    m1, m2 = torch.zeros_like(w), torch.zeros_like(w)
-    step = torch.zeros_like(w)
-    t_adam = torch.zeros(P, dtype=dtype, device=device)
+        The gradient w.r.t. the embedded points is written out,
+        :math:`\partial E/\partial e_i = 2(N-1)(2e_i - e_{i-1} - e_{i+1})`, and pushed
+        through the decoder with one vector-Jacobian product: this saves the
+        large temporaries that autograd of the concatenation and slicing of
+        ``(Pa, N, G)`` tensors would create.
+        """
+        w_pD = w_pD.detach().requires_grad_(True)
+        with torch.enable_grad():
+            c_int = interior(idx, w_pD.view(-1, n_par, d))
+            e_int = embed(c_int.reshape(-1, d)).reshape(idx.numel(), N - 2, -1)
+        with torch.no_grad():
+            seg = torch.diff(e_int, dim=1, prepend=ea_pg[idx][:, None], append=eb_pg[idx][:, None])
+            e_p = (N - 1) * seg.pow(2).sum((1, 2))
+            grad_e = seg[:, :-1] - seg[:, 1:]
+            grad_e.mul_(2 * (N - 1))
+        (g_pD,) = torch.autograd.grad(e_int, w_pD, grad_outputs=grad_e)
+        return e_p, g_pD
+
+    if optimizer not in ("lbfgs", "adam"):
+        raise ValueError(f"Unknown optimizer {optimizer!r}; choose 'lbfgs' or 'adam'.")
+    D = n_par * d
+    # Initial step length: `lr` times the spacing of the free nodes along the line.
     lr_p = lr * (zb_pd - za_pd).norm(dim=1) / (n_par + 1)
-    lr_min = lr_p * 2.0**-20
+    opt_cls = _BatchedLBFGS if optimizer == "lbfgs" else _BatchedAdam
+    opt = opt_cls(P, D, lr_p, dtype=dtype, device=device)
     stall = torch.zeros(P, dtype=torch.long, device=device)
     converged = torch.zeros(P, dtype=torch.bool, device=device)
     n_iter = torch.zeros(P, dtype=torch.long, device=device)
-    beta1, beta2, adam_eps = 0.9, 0.999, 1e-3
-    tiny = torch.finfo(dtype).tiny
     trace: list[float] = []
-
-    if n_par == 0 or P == 0:
+    if D == 0 or P == 0:
         max_iter = 0
         converged[:] = True
 
@@ -574,47 +749,24 @@ def geodesic(
         idx = (~converged).nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        w_a = w[idx].detach().requires_grad_(True)
-        with torch.enable_grad():
-            e_a = energy(idx, w_a)
-            (g_a,) = torch.autograd.grad(e_a.sum(), w_a)
-        e_a = e_a.detach()
+        w_a = opt.trial[idx]
+        e_a, g_a = energy_and_grad(idx, w_a)
         n_iter[idx] += 1
 
-        prev = e_acc[idx]
-        accept = e_a <= prev
+        prev = opt.e_acc[idx]
+        accept = opt.acceptable(idx, e_a)
         finite_prev = torch.where(torch.isfinite(prev), prev, torch.zeros_like(prev))
         progress = accept & (~torch.isfinite(prev) | (finite_prev - e_a > tol * finite_prev))
-        # Stalled: an accepted step that barely lowered the energy. Rejected steps are
-        # retried with half the step, and stop the pair once the step has shrunk 2^20-fold.
+        # Stalled: an accepted step that barely lowered the energy. Rejected trials are
+        # retried with half the step; a pair whose step shrank 2^20-fold also stops.
         stall[idx] = torch.where(progress, torch.zeros_like(stall[idx]), stall[idx] + accept.long())
-
-        # Accepted pairs: record, then take an Adam step from the accepted point.
-        acc = idx[accept]
-        if acc.numel():
-            g = g_a[accept]
-            w_acc[acc] = w_a.detach()[accept]
-            e_acc[acc] = e_a[accept]
-            m1[acc] = beta1 * m1[acc] + (1 - beta1) * g
-            m2[acc] = beta2 * m2[acc] + (1 - beta2) * g * g
-            t_adam[acc] += 1
-            tt = t_adam[acc][:, None, None]
-            m_hat = m1[acc] / (1 - beta1**tt)
-            v_hat = m2[acc] / (1 - beta2**tt)
-            # eps relative to the pair's gradient scale: coordinates whose gradient is
-            # round-off (e.g. by symmetry) must not be blown up to full steps.
-            rms = v_hat.mean((1, 2), keepdim=True).sqrt()
-            step[acc] = lr_p[acc][:, None, None] * m_hat / (v_hat.sqrt() + adam_eps * rms + tiny)
-            w[acc] = w_acc[acc] - step[acc]
-        # Rejected pairs: halve the step (and the step size) and retry.
-        rej = idx[~accept]
-        if rej.numel():
-            step[rej] = 0.5 * step[rej]
-            lr_p[rej] = 0.5 * lr_p[rej]
-            w[rej] = w_acc[rej] - step[rej]
-
-        converged[idx] = (stall[idx] >= patience) | (lr_p[idx] < lr_min[idx])
-        trace.append(float(e_acc.sum()))
+        if accept.any():
+            opt.accept(idx[accept], w_a[accept], e_a[accept], g_a[accept])
+        if (~accept).any():
+            opt.reject(idx[~accept])
+        converged[idx] = (stall[idx] >= patience) | opt.exhausted(idx)
+        trace.append(float(opt.e_acc.sum()))
+    w_acc = opt.w_acc.view(P, n_par, d)
 
     with torch.no_grad():
         all_idx = torch.arange(P, device=device)
@@ -772,8 +924,8 @@ def distance_stability(
        identifiability theory cannot pin down for Euclidean distances, and
        which changes nothing about relative distances) does not count as
        instability;
-    3. :math:`\mathrm{CV}_p = \operatorname{std}_m(\tilde D_{mp}) / \operatorname{mean}_m(\tilde D_{mp})`
-       (``ddof=1``).
+    3. :math:`\mathrm{CV}_p = \operatorname{sd}_m(\tilde D_{mp}) /
+       \operatorname{mean}_m(\tilde D_{mp})` (sample standard deviation, ``ddof=1``).
 
     Syrota et al. (2025) predict geodesic distances to be identifiable, hence
     a lower CV than Euclidean ones; the p-value is the one-sided Wilcoxon
