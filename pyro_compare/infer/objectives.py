@@ -221,6 +221,8 @@ class MultiObjective(Objective):
         Multiply the combined loss by this (default K, so the loss has the magnitude of the
         sum and the learning rate / clipping behave as with :class:`Sum`).
 
+    Notes
+    -----
     Logs ``weight_<objective>`` (the :math:`\alpha_k`), ``mgda_direction_norm``
     (:math:`\lVert \sum_k \alpha_k g_k \rVert`, 0 at a Pareto-stationary point) and, for two
     objectives, ``gradient_cosine``.
@@ -371,6 +373,8 @@ class Constrained(Objective):
         Suffix of the log keys (``penalty_<name>``...); default: plain ``penalty``,
         ``lambda``, ``constraint_satisfied``, ``constraint_value``.
 
+    Notes
+    -----
     Logs ``penalty`` (minibatch value), ``constraint_value`` (the value used for the dual
     step: moving average or raw), ``lambda`` (multiplier used in this step) and
     ``constraint_satisfied`` (1 if the constraint value <= epsilon, else 0; its epoch mean is
