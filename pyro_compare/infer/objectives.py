@@ -369,6 +369,14 @@ class Constrained(Objective):
     warmup_steps
         Steps during which :math:`\lambda` is not updated (the penalty still enters with
         ``lambda_init``).
+    slack
+        :math:`s \in [0, 1)`: the dual step aims at :math:`(1 - s)\,\epsilon` instead of
+        :math:`\epsilon` (replace :math:`\epsilon` by it in the updates above). Stochastic
+        dual ascent only holds the constraint *on average*, the end-of-training value
+        fluctuating around the target; the default 10 % margin makes ``penalty <= epsilon``
+        hold at the end of training, not half of the time. ``slack=0`` gives the exact
+        Lagrangian fixed point (deterministic problems). ``constraint_satisfied`` is always
+        checked against :math:`\epsilon` itself.
     name
         Suffix of the log keys (``penalty_<name>``...); default: plain ``penalty``,
         ``lambda``, ``constraint_satisfied``, ``constraint_value``.
@@ -393,8 +401,11 @@ class Constrained(Objective):
         moving_average: float | None = None,
         update: str = "additive",
         warmup_steps: int = 0,
+        slack: float = 0.1,
         name: str | None = None,
     ) -> None:
+        if not 0.0 <= slack < 1.0:
+            raise ValueError("slack must be in [0, 1).")
         if epsilon < 0:
             raise ValueError("epsilon must be >= 0.")
         if update not in ("additive", "multiplicative"):
@@ -414,6 +425,7 @@ class Constrained(Objective):
         self.moving_average = moving_average
         self.update = update
         self.warmup_steps = int(warmup_steps)
+        self.slack = float(slack)
         self.name = name
         self.lambda_ = max(float(lambda_init), self.lambda_min)
         self.constraint_average: float | None = None
@@ -450,15 +462,21 @@ class Constrained(Objective):
         self._dual_step(c_used)
         return total, log
 
+    @property
+    def target(self) -> float:
+        """The value the dual step drives the constraint to: :math:`(1 - s)\\epsilon`."""
+        return (1.0 - self.slack) * self.epsilon
+
     def _dual_step(self, c: float) -> None:
         """Projected dual ascent on the multiplier (after the primal loss was built)."""
         self.steps += 1
         if self.steps <= self.warmup_steps or not math.isfinite(c):
             return
+        target = self.target
         if self.update == "additive":
-            lam = self.lambda_ + self.dual_lr * (c - self.epsilon)
+            lam = self.lambda_ + self.dual_lr * (c - target)
         else:
-            relative = max(min((c - self.epsilon) / self.epsilon, 1.0), -1.0)
+            relative = max(min((c - target) / target, 1.0), -1.0)
             lam = self.lambda_ * math.exp(self.dual_lr * relative)
         lam = max(lam, self.lambda_min)
         if self.lambda_max is not None:

@@ -106,12 +106,21 @@ def _run_toy(objective: Constrained, x0: float, steps: int = 4000, lr: float = 0
 
 def test_constrained_toy_converges_to_kkt_point():
     # x* = 1 (constraint active); KKT: 2 (x* - 2) + lambda* = 0  ->  lambda* = 2.
-    objective = Constrained(penalty=lambda m: m.x, epsilon=1.0, dual_lr=0.05)
+    objective = Constrained(penalty=lambda m: m.x, epsilon=1.0, dual_lr=0.05, slack=0.0)
     x, lam, log = _run_toy(objective, x0=0.0)
     assert x == pytest.approx(1.0, abs=1e-3)
     assert lam == pytest.approx(2.0, abs=1e-2)
     assert log["lambda"] == pytest.approx(2.0, abs=1e-2)
     assert set(log) >= {"penalty", "lambda", "constraint_satisfied", "constraint_value"}
+
+
+def test_constrained_toy_slack_tightens_the_target():
+    # default slack 0.1: aims at x <= 0.9, where lambda = -2 (0.9 - 2) = 2.2
+    objective = Constrained(penalty=lambda m: m.x, epsilon=1.0, dual_lr=0.05)
+    x, lam, log = _run_toy(objective, x0=0.0)
+    assert x == pytest.approx(0.9, abs=1e-3)
+    assert lam == pytest.approx(2.2, abs=1e-2)
+    assert log["constraint_satisfied"] == 1.0
 
 
 def test_constrained_toy_multiplicative_and_moving_average():
@@ -122,6 +131,7 @@ def test_constrained_toy_multiplicative_and_moving_average():
         lambda_init=0.1,
         dual_lr=0.02,
         moving_average=0.9,
+        slack=0.0,
     )
     x, lam, _ = _run_toy(objective, x0=0.0, steps=6000)
     assert x == pytest.approx(1.0, abs=1e-2)
@@ -131,6 +141,7 @@ def test_constrained_toy_multiplicative_and_moving_average():
 def test_constrained_toy_inactive_constraint_has_zero_multiplier():
     objective = Constrained(penalty=lambda m: m.x, epsilon=3.0, lambda_init=1.0, dual_lr=0.05)
     x, lam, log = _run_toy(objective, x0=0.0)
+    assert objective.target == pytest.approx(2.7)  # default slack 0.1
     assert x == pytest.approx(2.0, abs=1e-3)
     assert lam == 0.0
     assert log["constraint_satisfied"] == 1.0
