@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 OUT ?= pyro_compare_report
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv install install-test demo test lint docs clean
+.PHONY: venv install install-test demo test lint docs docs-execute clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	PYRO_COMPARE_TEST_THREADS=$${PYRO_COMPARE_TEST_THREADS:-2} $(BIN)/python -m pytest
 
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -36,5 +36,8 @@ lint: install-test
 docs: install-test
 	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
+docs-execute: install-test
+	PYRO_COMPARE_DOCS_EXECUTE=1 $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf docs/_build $(OUT) .pytest_cache
+	rm -rf docs/_build docs/api docs/tutorials $(OUT) .pytest_cache

@@ -1,0 +1,98 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_compare.data import ComparativeData, simulate_contrastive
+from pyro_compare.infer import Objective, TrainingDivergedError, fit
+from pyro_compare.models import ContrastiveVAE
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    adata = simulate_contrastive(150, 150, 25, 2, 1, seed=5, library_mean=400)
+    return ComparativeData.from_anndata(adata, "condition", "background")
+
+
+def _model(data, seed=0):
+    torch.manual_seed(seed)
+    return ContrastiveVAE(data.n_features, 2, 1, hidden=(16,))
+
+
+def test_history_columns_and_loss_decreases(small_data):
+    model = _model(small_data)
+    history = fit(model, small_data, max_epochs=12, batch_size=64, lr=1e-2, progress=False)
+    for col in (
+        "train_background",
+        "train_target",
+        "validation_background",
+        "validation_target",
+        "train_loss",
+        "validation_loss",
+    ):
+        assert col in history, col
+    assert history["validation_loss"].iloc[-1] < history["validation_loss"].iloc[0]
+    assert model.history_ is history
+
+
+def test_seeded_runs_are_reproducible(small_data):
+    h1 = fit(_model(small_data, 1), small_data, max_epochs=3, seed=7, progress=False)
+    h2 = fit(_model(small_data, 1), small_data, max_epochs=3, seed=7, progress=False)
+    np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-6)
+
+
+def test_early_stopping_restores_best(small_data):
+    model = _model(small_data)
+    history = fit(
+        model, small_data, max_epochs=200, lr=5e-2, patience=2, progress=False, batch_size=300
+    )
+    assert len(history) < 200
+    best = history["validation_loss"].min()
+    assert math.isclose(history.attrs["best_loss"], best)
+
+
+class _ExplodeAt(Objective):
+    """Returns NaN after a number of steps, to exercise the NaN guard."""
+
+    def __init__(self, step):
+        self.step, self.calls = step, 0
+
+    def __call__(self, losses, model):
+        self.calls += 1
+        total = sum(losses.values())
+        if self.calls > self.step:
+            total = total * torch.tensor(float("nan"))
+        return total, {}
+
+
+def test_nan_guard_stops_and_keeps_last_good_state(small_data):
+    model = _model(small_data)
+    n_steps = small_data.n_steps(64)
+    with pytest.raises(TrainingDivergedError, match="non-finite.*epoch 2"):
+        fit(
+            model,
+            small_data,
+            objective=_ExplodeAt(2 * n_steps + 1),
+            max_epochs=5,
+            batch_size=64,
+            progress=False,
+        )
+    for p in model.parameters():
+        assert torch.isfinite(p).all()
+    # Parameters equal those after epoch 1 (the last good epoch) of the same seeded run.
+    reference = _model(small_data)
+    fit(reference, small_data, max_epochs=2, batch_size=64, progress=False, early_stopping=False)
+    for p, q in zip(model.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(p, q)
+
+
+def test_checkpoint_resume_continues(small_data, tmp_path):
+    kw = dict(batch_size=64, progress=False, early_stopping=False, seed=3)
+    full = fit(_model(small_data), small_data, max_epochs=4, **kw)
+    model = _model(small_data)
+    fit(model, small_data, max_epochs=2, checkpoint_dir=tmp_path, **kw)
+    assert (tmp_path / "checkpoint.pt").exists()
+    resumed = fit(model, small_data, max_epochs=4, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert list(resumed["epoch"]) == [0, 1, 2, 3]
+    np.testing.assert_allclose(resumed["train_loss"], full["train_loss"], rtol=1e-4)
