@@ -12,3 +12,22 @@ __all__ = [
     "simulate_contrastive",
     "simulate_mixture",
 ]
+
+# Perturbation screens: sparse-shift simulator and held-out splits.
+from .simulate import simulate_sparse_shift
+from .splits import (
+    apply_split,
+    perturbation_labels,
+    split_by_cell,
+    split_by_combination,
+    split_by_perturbation,
+)
+
+__all__ += [
+    "apply_split",
+    "perturbation_labels",
+    "simulate_sparse_shift",
+    "split_by_cell",
+    "split_by_combination",
+    "split_by_perturbation",
+]

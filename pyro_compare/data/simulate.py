@@ -342,3 +342,164 @@ def simulate_contrastive(
         adata.var["true_inverse_dispersion"] = theta
     return adata
 
+
+# ---------------------------------------------------------------------------- sparse shifts
+__all__ += ["simulate_sparse_shift"]
+
+
+def _perturbation_names(n: int) -> list[str]:
+    """``P0, P1, ...`` zero-padded so that alphabetical order is numerical order."""
+    width = len(str(max(n - 1, 0)))
+    return [f"P{k:0{width}d}" for k in range(n)]
+
+
+def _combination_pairs(
+    combinations, n_perturbations: int, names: list[str], rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """Normalise ``combinations`` (a count or explicit pairs) to sorted index pairs."""
+    if isinstance(combinations, (int, np.integer)):
+        all_pairs = [(i, j) for i in range(n_perturbations) for j in range(i + 1, n_perturbations)]
+        if combinations > len(all_pairs):
+            raise ValueError(
+                f"combinations={combinations} but only {len(all_pairs)} pairs of "
+                f"{n_perturbations} perturbations exist."
+            )
+        chosen = rng.choice(len(all_pairs), size=int(combinations), replace=False)
+        return sorted(all_pairs[c] for c in chosen)
+    pairs = []
+    for pair in combinations:
+        if len(pair) != 2:
+            raise ValueError(f"a combination must name two perturbations, got {pair!r}.")
+        idx = [names.index(p) if isinstance(p, str) else int(p) for p in pair]
+        if idx[0] == idx[1] or not all(0 <= i < n_perturbations for i in idx):
+            raise ValueError(f"invalid combination {pair!r}.")
+        pairs.append(tuple(sorted(idx)))
+    return sorted(set(pairs))
+
+
+def simulate_sparse_shift(
+    n_control: int = 2000,
+    n_per_perturbation: int = 300,
+    n_perturbations: int = 8,
+    n_genes: int = 200,
+    n_latent: int = 6,
+    seed: int = 0,
+    combinations=0,
+    likelihood: str = "nb",
+    n_per_combination: int | None = None,
+    min_targets: int = 1,
+    max_targets: int = 3,
+    shift_range: tuple[float, float] = (1.5, 3.0),
+    mixing: str = "leaky_relu",
+    hidden: tuple[int, ...] = (64,),
+    library_mean: float = 2000.0,
+    output_scale: float = 1.0,
+    control_label: str = "control",
+    separator: str = "+",
+) -> ad.AnnData:
+    r"""Control cells and perturbations that shift a sparse set of latent dimensions.
+
+    The generative process of SAMS-VAE / sVAE+ with known ground truth:
+
+    .. math::
+
+        z^{\text{basal}}_n &\sim N(0, I_d), \qquad
+        z_n = z^{\text{basal}}_n + \sum_k d_{nk}\, (m_k \odot e_k), \\
+        x_n &\sim NB\big(l_n\, \mathrm{softmax}(f(z_n)), \theta\big)
+
+    Perturbation :math:`k` targets a random set of ``min_targets``..``max_targets`` latent
+    dimensions (:math:`m_k \in \{0, 1\}^d`) and shifts each by a fixed amount
+    :math:`e_{kj} = \pm U(\text{shift\_range})`. Combinations of two perturbations add their
+    shifts (:math:`d_n` has two ones). :math:`f` is a random (leaky-)ReLU MLP, i.e.
+    piecewise affine, and counts are drawn by
+    :func:`sample_observations` (gene softmax times library size).
+
+    Parameters
+    ----------
+    n_control, n_per_perturbation
+        Number of control cells and of cells per single perturbation.
+    n_perturbations, n_genes, n_latent
+        K, G and d.
+    combinations
+        ``0``: none; an int ``c``: ``c`` random pairs; or explicit pairs of perturbation
+        indices / names, e.g. ``[(0, 1), ("P2", "P5")]``. Labelled ``"P0+P1"``.
+    n_per_combination
+        Cells per combination (default ``n_per_perturbation``).
+    likelihood
+        ``"nb"``, ``"poisson"`` or ``"gaussian"``.
+
+    Returns
+    -------
+    AnnData
+        ``X`` counts (CSR); ``obs["perturbation"]`` (``control_label``, ``"P3"``,
+        ``"P1+P4"``), ``obs["library_size"]``; ``obsm["true_latent"]`` (z),
+        ``obsm["true_basal"]``, ``obsm["true_shift"]`` (z - z_basal), ``obsm["design"]``
+        (multi-hot, K columns); ``uns["true_targets"]`` (K x d 0/1 matrix, rows in the order
+        of ``uns["perturbation_names"]``, which is also the column order of
+        :func:`~pyro_compare.data.build_design`), ``uns["true_effects"]`` (K x d, zero off
+        target), ``uns["combinations"]`` (labels), ``uns["simulation"]`` (settings).
+    """
+    if n_perturbations < 1 or n_latent < 1:
+        raise ValueError("n_perturbations and n_latent must be positive.")
+    if not 1 <= min_targets <= max_targets <= n_latent:
+        raise ValueError("need 1 <= min_targets <= max_targets <= n_latent.")
+    rng = np.random.default_rng(seed)
+    names = _perturbation_names(n_perturbations)
+    targets_kd = np.zeros((n_perturbations, n_latent), dtype=np.int8)
+    for k in range(n_perturbations):
+        n_t = rng.integers(min_targets, max_targets + 1)
+        targets_kd[k, rng.choice(n_latent, size=n_t, replace=False)] = 1
+    sign_kd = rng.choice([-1.0, 1.0], size=targets_kd.shape)
+    effects_kd = targets_kd * sign_kd * rng.uniform(*shift_range, size=targets_kd.shape)
+    pairs = _combination_pairs(combinations, n_perturbations, names, rng)
+    n_comb = n_per_perturbation if n_per_combination is None else n_per_combination
+
+    labels = [control_label] * n_control
+    rows = [np.zeros(n_perturbations)] * n_control
+    for k in range(n_perturbations):
+        labels += [names[k]] * n_per_perturbation
+        rows += [np.eye(n_perturbations)[k]] * n_per_perturbation
+    comb_labels = []
+    for i, j in pairs:
+        label = f"{names[i]}{separator}{names[j]}"
+        comb_labels.append(label)
+        labels += [label] * n_comb
+        rows += [np.eye(n_perturbations)[i] + np.eye(n_perturbations)[j]] * n_comb
+    design_nk = np.asarray(rows, dtype=np.float32).reshape(-1, n_perturbations)
+    n = design_nk.shape[0]
+
+    basal_nd = rng.normal(size=(n, n_latent))
+    shift_nd = design_nk @ effects_kd
+    z_nd = basal_nd + shift_nd
+    f = random_mixing(n_latent, n_genes, rng, hidden=hidden, kind=mixing, output_scale=output_scale)
+    x, library, theta = sample_observations(f(z_nd), rng, likelihood, library_mean=library_mean)
+
+    categories = [control_label, *names, *comb_labels]
+    obs = pd.DataFrame(
+        {"perturbation": pd.Categorical(labels, categories=categories)},
+        index=[f"cell{i}" for i in range(n)],
+    )
+    if library is not None:
+        obs["library_size"] = np.asarray(x.sum(1)).ravel()
+    adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)]))
+    adata.obsm["true_latent"] = z_nd.astype(np.float32)
+    adata.obsm["true_basal"] = basal_nd.astype(np.float32)
+    adata.obsm["true_shift"] = shift_nd.astype(np.float32)
+    adata.obsm["design"] = design_nk
+    adata.uns["true_targets"] = targets_kd
+    adata.uns["true_effects"] = effects_kd.astype(np.float32)
+    adata.uns["perturbation_names"] = list(names)
+    adata.uns["combinations"] = list(comb_labels)
+    adata.uns["simulation"] = {
+        "kind": "sparse_shift",
+        "seed": seed,
+        "likelihood": likelihood,
+        "mixing": mixing,
+        "n_latent": n_latent,
+        "n_perturbations": n_perturbations,
+        "control_label": control_label,
+        "separator": separator,
+    }
+    if theta is not None:
+        adata.var["true_inverse_dispersion"] = theta
+    return adata

@@ -17,3 +17,32 @@ __all__ = [
     "mcc",
     "mcc_matching",
 ]
+
+# Perturbation models: IWELBO, ATE agreement, mask recovery, posterior predictive checks.
+from .perturbation import (
+    PerPerturbationLogger,
+    ate_agreement,
+    average_treatment_effect,
+    iwelbo,
+    iwelbo_per_cell,
+    log_normalize,
+    mask_recovery,
+    observed_average_treatment_effect,
+    per_perturbation_loss,
+    posterior_predictive_check,
+    ppc_summary,
+)
+
+__all__ += [
+    "PerPerturbationLogger",
+    "ate_agreement",
+    "average_treatment_effect",
+    "iwelbo",
+    "iwelbo_per_cell",
+    "log_normalize",
+    "mask_recovery",
+    "observed_average_treatment_effect",
+    "per_perturbation_loss",
+    "posterior_predictive_check",
+    "ppc_summary",
+]

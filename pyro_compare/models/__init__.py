@@ -11,3 +11,18 @@ __all__ = [
     "MixturePriorVAE",
     "single_source_data",
 ]
+
+# Perturbation models (control cells vs many perturbations).
+from .baselines import AdditiveShiftVAE, ConditionalVAE
+from .perturbation_base import PerturbationVAE, StraightThroughBernoulli
+from .sams import SAMSVAE
+from .sparse_shift import SparseShiftVAE
+
+__all__ += [
+    "AdditiveShiftVAE",
+    "ConditionalVAE",
+    "PerturbationVAE",
+    "SAMSVAE",
+    "SparseShiftVAE",
+    "StraightThroughBernoulli",
+]

@@ -1,0 +1,242 @@
+"""Perturbation models: plates, minibatch scaling, fitting, counterfactuals, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+import pyro_compare as pc
+from pyro_compare.data import ComparativeData, DataValidationError
+from pyro_compare.infer import SourceTrace_ELBO
+from pyro_compare.metrics import perturbation as pm
+from pyro_compare.models import (
+    SAMSVAE,
+    AdditiveShiftVAE,
+    ConditionalVAE,
+    SparseShiftVAE,
+    StraightThroughBernoulli,
+)
+
+MODELS = {
+    "sams_mean_field": lambda g, k: SAMSVAE(g, k, n_latent=3, hidden=(32,)),
+    "sams_correlated": lambda g, k: SAMSVAE(g, k, n_latent=3, hidden=(32,), guide="correlated"),
+    "svae_plus": lambda g, k: SparseShiftVAE(g, k, n_latent=3, hidden=(32,)),
+    "additive": lambda g, k: AdditiveShiftVAE(g, k, n_latent=3, hidden=(32,)),
+    "conditional": lambda g, k: ConditionalVAE(g, k, n_latent=3, hidden=(32,)),
+}
+GLOBAL_SITES = {
+    "sams_mean_field": {"mask", "effect"},
+    "sams_correlated": {"mask", "effect"},
+    "svae_plus": {"rate", "mask"},
+    "additive": {"effect"},
+    "conditional": set(),
+}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return pc.data.simulate_sparse_shift(
+        n_control=400,
+        n_per_perturbation=200,
+        n_perturbations=3,
+        n_genes=60,
+        n_latent=3,
+        seed=0,
+        min_targets=1,
+        max_targets=2,
+        shift_range=(2.0, 3.0),
+    )
+
+
+@pytest.fixture
+def data(sim):
+    return ComparativeData.from_anndata(
+        sim, "perturbation", "control", perturbation_key="perturbation"
+    )
+
+
+def _small_batch(data, b=5, t=7, sizes=None):
+    rows = {"background": data.sources["background"][:b], "target": data.sources["target"][:t]}
+    sizes = sizes or {s: len(i) for s, i in data.sources.items()}
+    return data.batch(rows, sizes)
+
+
+# ---------------------------------------------------------------------------- distribution
+def test_straight_through_bernoulli():
+    torch.manual_seed(0)
+    logits = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    d = StraightThroughBernoulli(logits, temperature=0.5)
+    m = d.rsample((4000,))
+    assert set(m.detach().unique().tolist()) <= {0.0, 1.0}
+    np.testing.assert_allclose(m.mean(0).detach(), torch.sigmoid(logits).detach(), atol=0.03)
+    np.testing.assert_allclose(
+        d.log_prob(m).detach(), dist.Bernoulli(logits=logits).log_prob(m.detach()).detach()
+    )
+    (m * torch.tensor([1.0, 2.0, 3.0])).sum().backward()  # relaxed gradient reaches logits
+    assert torch.all(logits.grad > 0)
+    assert d.expand((2, 3)).rsample().shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------- plates
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_sites_and_plates(name, data):
+    model = MODELS[name](data.n_features, data.n_perturbations)
+    batch = _small_batch(data)
+    guide_tr = poutine.trace(model.guide).get_trace(**batch)
+    model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(**batch)
+    sites = {
+        n: s
+        for n, s in model_tr.nodes.items()
+        if s["type"] == "sample" and not site_is_subsample(s)
+    }
+    frames = {n: [f.name for f in s["cond_indep_stack"]] for n, s in sites.items()}
+    globals_ = {n for n, f in frames.items() if not ({"background", "target"} & set(f))}
+    assert globals_ == GLOBAL_SITES[name]
+    for n in globals_ & {"mask", "effect"}:
+        assert frames[n] == ["perturbation"]
+        assert sites[n]["value"].shape == (data.n_perturbations, 3)
+    for s, size in (("background", 5), ("target", 7)):
+        assert frames[f"z_{s}"] == [s] and frames[f"x_{s}"] == [s]
+        assert sites[f"z_{s}"]["value"].shape == (size, 3)
+        assert sites[f"x_{s}"]["is_observed"]
+    # Guide sites mirror the model's.
+    guide_sites = {
+        n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)
+    }
+    assert guide_sites == {n for n in sites if not sites[n]["is_observed"]}
+
+
+def test_minibatch_scaling_is_pyro_subsample_semantics(data):
+    """Local terms are scaled by N_s / B_s (Pyro's subsample plates), global terms are not."""
+    model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=3, hidden=(32,))
+    elbo = SourceTrace_ELBO()
+    sizes = {"background": 400, "target": 600}
+    batch = _small_batch(data, 5, 7, sizes)
+    with pyro.validation_enabled(True):
+        pyro.set_rng_seed(3)
+        losses = elbo.source_losses(model.model, model.guide, **batch)
+        pyro.set_rng_seed(3)
+        guide_tr = poutine.trace(model.guide).get_trace(**batch)
+        model_tr = poutine.trace(poutine.replay(model.model, trace=guide_tr)).get_trace(**batch)
+
+    def unscaled(tr, names):
+        return sum(tr.nodes[n]["fn"].log_prob(tr.nodes[n]["value"]).sum() for n in names)
+
+    for name in ("mask", "effect"):
+        assert model_tr.nodes[name]["scale"] == 1.0
+    g_expected = unscaled(guide_tr, ["mask", "effect"]) - unscaled(model_tr, ["mask", "effect"])
+    torch.testing.assert_close(losses["global"], g_expected)
+    for s, b in (("background", 5), ("target", 7)):
+        scale = sizes[s] / b
+        assert model_tr.nodes[f"z_{s}"]["scale"] == pytest.approx(scale)
+        assert guide_tr.nodes[f"z_{s}"]["scale"] == pytest.approx(scale)
+        expected = scale * (
+            unscaled(guide_tr, [f"z_{s}"]) - unscaled(model_tr, [f"z_{s}", f"x_{s}"])
+        )
+        torch.testing.assert_close(losses[s], expected)
+    # Doubling the plate sizes doubles the local terms and leaves the global term unchanged.
+    batch2 = _small_batch(data, 5, 7, {s: 2 * n for s, n in sizes.items()})
+    pyro.set_rng_seed(3)
+    losses2 = elbo.source_losses(model.model, model.guide, **batch2)
+    torch.testing.assert_close(losses2["global"], losses["global"])
+    for s in ("background", "target"):
+        torch.testing.assert_close(losses2[s], 2 * losses[s])
+
+
+def test_correlated_guide_sees_the_global_sample(data):
+    batch = _small_batch(data)
+    for guide, coupled in (("correlated", True), ("mean_field", False)):
+        model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=3, guide=guide)
+        with torch.no_grad():
+            model.mask_logits_raw.fill_(10.0)  # masks on
+        locs = []
+        for seed in (0, 1):
+            pyro.set_rng_seed(seed)
+            model.guide(**batch)
+            locs.append(model.guide_outputs["target"]["z_loc"])
+        assert (not torch.allclose(locs[0], locs[1])) == coupled
+
+
+def test_design_is_required_and_checked(data, sim):
+    model = SAMSVAE(data.n_features, data.n_perturbations + 1)
+    with pytest.raises(DataValidationError, match="perturbations"):
+        model.check_data(data)
+    plain = ComparativeData.from_anndata(sim, "perturbation", "control")
+    with pytest.raises(DataValidationError, match="design"):
+        SAMSVAE(data.n_features, 3).model(**plain.full_batch())
+
+
+# ---------------------------------------------------------------------------- fitting
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fits_and_beats_control_mean_on_held_out_ate(name, data):
+    """Predicted ATEs (held-out cells) beat the trivial 'no effect' prediction (control mean)."""
+    data.set_split(pc.data.split_by_cell(data, validation_fraction=0.3, seed=0))
+    pyro.set_rng_seed(0)
+    model = MODELS[name](data.n_features, data.n_perturbations)
+    history = pc.infer.fit(
+        model, data, max_epochs=25, batch_size=128, lr=1e-2, progress=False, early_stopping=False
+    )
+    assert history["validation_loss"].iloc[-1] < history["validation_loss"].iloc[0]
+    observed = pm.observed_average_treatment_effect(data, split="validation")
+    predicted = pm.average_treatment_effect(model, data, list(observed.index), n_samples=3)
+    agreement = pm.ate_agreement(predicted, observed)
+    trivial = pm.ate_agreement(0.0 * observed, observed)  # predicts the control mean
+    assert np.isnan(trivial["pearson_all"]).all() and (trivial["r2_all"] <= 0).all()
+    assert agreement["pearson_all"].mean() > 0.6, agreement
+    assert agreement["r2_all"].mean() > trivial["r2_all"].mean() + 0.15, agreement
+
+
+def test_per_perturbation_loss_is_logged(data):
+    def run(objective):
+        pyro.set_rng_seed(0)
+        torch.manual_seed(0)
+        model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=3, hidden=(32,))
+        history = pc.infer.fit(
+            model, data, objective=objective, max_epochs=2, batch_size=256, progress=False
+        )
+        return model, history
+
+    model, history = run(pm.PerPerturbationLogger(data=data))
+    for lab in ["control", *data.perturbation_names]:
+        assert np.isfinite(history[f"loss_{lab}"]).all()
+    # Logged, not optimised: the fit is the same as with the plain ELBO.
+    _, plain = run(None)
+    np.testing.assert_allclose(history["train_loss"], plain["train_loss"], rtol=1e-5)
+    # The breakdown on a split (evaluation): one row per label, its cells counted.
+    table = pm.per_perturbation_loss(model, data, split="validation")
+    labels = pc.data.perturbation_labels(data)
+    val = np.concatenate(list(data.indices("validation").values()))
+    expected = dict(zip(*np.unique(labels[val], return_counts=True)))
+    assert table["n_cells"].to_dict() == expected
+    assert np.isfinite(table["loss"]).all()
+
+
+# ---------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("name", ["sams_correlated", "svae_plus", "conditional"])
+def test_latent_counterfactual_and_save_load(name, data, tmp_path):
+    model = MODELS[name](data.n_features, data.n_perturbations)
+    pc.infer.fit(model, data, max_epochs=1, batch_size=256, progress=False)
+    z = model.latent(data, "latent")
+    basal = model.latent(data, "basal")
+    assert z.shape == basal.shape == (data.n_cells, 3)
+    ctrl = data.sources["background"]
+    np.testing.assert_allclose(z[ctrl], basal[ctrl], atol=1e-5)  # controls are unshifted
+    cf = model.counterfactual(data, "P1", n_samples=2)
+    n_ctrl = len(ctrl)
+    assert cf.shape == (2 * n_ctrl, data.n_features)
+    assert list(cf.var_names) == list(data.var_names)
+    assert set(cf.obs["perturbation"]) == {"P1"}
+    assert np.all(cf.X >= 0) and np.all(cf.X == np.round(cf.X))
+    model.save(tmp_path / "m.pt")
+    loaded = pc.models.load_model(tmp_path / "m.pt")
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(loaded.latent(data, "latent"), z, atol=1e-6)
+    if hasattr(model, "mask_probabilities"):
+        torch.testing.assert_close(loaded.mask_probabilities(), model.mask_probabilities())
+    means = loaded.predicted_means(data, ["control", "P0+P1"], n_samples=1, sample_counts=False)
+    assert means.shape == (2, data.n_features) and list(means.index) == ["control", "P0+P1"]
