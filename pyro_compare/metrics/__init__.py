@@ -1,5 +1,18 @@
 """Evaluation: identifiability (MCC, affine / block R2), geometry, perturbation metrics."""
 
+from .geometry import (
+    DistanceStability,
+    GeodesicResult,
+    LatentDecoder,
+    curve_energy,
+    curve_length,
+    distance_matrix,
+    distance_stability,
+    geodesic,
+    latent_decoder,
+    pairwise_distances,
+    pullback_metric,
+)
 from .identifiability import (
     affine_r2,
     block_r2,
@@ -45,4 +58,19 @@ __all__ += [
     "per_perturbation_loss",
     "posterior_predictive_check",
     "ppc_summary",
+]
+
+# Latent geometry: pullback metrics, geodesics, distance stability across retrainings.
+__all__ += [
+    "DistanceStability",
+    "GeodesicResult",
+    "LatentDecoder",
+    "curve_energy",
+    "curve_length",
+    "distance_matrix",
+    "distance_stability",
+    "geodesic",
+    "latent_decoder",
+    "pairwise_distances",
+    "pullback_metric",
 ]

@@ -14,6 +14,7 @@ from pyro_compare.metrics.geometry import (
     distance_matrix,
     distance_stability,
     geodesic,
+    latent_decoder,
     pairwise_distances,
     pullback_metric,
 )
@@ -348,3 +349,100 @@ def test_input_validation():
         geodesic(lambda z: z, torch.zeros(1, 2), torch.ones(1, 2), method="bezier")
     with pytest.raises(ValueError, match="pairs"):
         distance_stability([_polar, _polar], [torch.ones(3, 2)] * 2, np.array([[0, 5]]))
+
+
+# --------------------------------------------------------------------------- package models
+
+
+def test_latent_decoder_blocks_of_a_contrastive_vae():
+    """Background / salient / full decoders of a ContrastiveVAE; their pullback metrics are
+    the diagonal blocks of the full decoder's metric (J_bg = J_full[:, :d_z] at [z, t0])."""
+    from pyro_compare.models import ContrastiveVAE
+
+    torch.manual_seed(11)
+    model = ContrastiveVAE(20, 3, 2, hidden=(16,)).double().eval()
+    d_z, d_t = 3, 2
+    z = torch.randn(4, d_z, dtype=DT)
+    t = torch.randn(4, d_t, dtype=DT)
+    zero_t = torch.zeros(4, d_t, dtype=DT)
+
+    bg = latent_decoder(model)  # default: background decoder, t = 0
+    assert bg.kind == "background" and bg.n_latent == d_z
+    torch.testing.assert_close(bg(z), model.decoder_mean(torch.cat([z, zero_t], 1)))
+    t0 = t[0]
+    bg_t0 = latent_decoder(model, "background", fixed=t0, library=500.0)
+    torch.testing.assert_close(
+        bg_t0(z), model.decoder_mean(torch.cat([z, t0.expand(4, -1)], 1), torch.full((4,), 500.0))
+    )
+    z0 = z[1].numpy()  # numpy input accepted
+    sal = latent_decoder(model, "salient", fixed=z0)
+    assert sal.n_latent == d_t
+    full_in = torch.cat([torch.as_tensor(z0).expand(4, -1), t], 1)
+    torch.testing.assert_close(sal(t), model.decoder_mean(full_in))
+    full = latent_decoder(model, "full")
+    torch.testing.assert_close(full(torch.cat([z, t], 1)), model.decoder_mean(torch.cat([z, t], 1)))
+
+    G_full = pullback_metric(full, torch.cat([z, zero_t], 1))
+    torch.testing.assert_close(pullback_metric(bg, z), G_full[:, :d_z, :d_z])
+    G_full_t = pullback_metric(full, full_in)
+    torch.testing.assert_close(pullback_metric(sal, t), G_full_t[:, d_z:, d_z:])
+    # the background metric really ignores nothing: it is positive definite here
+    assert torch.linalg.eigvalsh(pullback_metric(bg, z)).min() > 0
+
+    # NB Fisher geodesics on the background decoder, with the model's own theta
+    theta = bg_t0.inverse_dispersion
+    torch.testing.assert_close(theta, model.decoder.inverse_dispersion.detach())
+    res = geodesic(bg_t0, z[:2], z[2:], n_points=12, metric="fisher_nb", theta=theta)
+    assert res.converged.all()
+    straight = curve_length(bg_t0, _line(z[:2], z[2:], 12), metric="fisher_nb", theta=theta)
+    assert torch.all(res.length <= straight * (1 + 1e-9))
+    with pytest.raises(ValueError, match="3-d"):
+        bg(t)
+    with pytest.raises(ValueError, match="length 2"):
+        latent_decoder(model, "background", fixed=np.zeros(3))
+    with pytest.raises(ValueError, match="block"):
+        latent_decoder(model, "perturbed")
+
+
+class _PerturbationLike(torch.nn.Module):
+    """Duck-typed perturbation model: the decoder sees [z, design] (conditional VAE)."""
+
+    n_perturbations = 2
+    n_latent = 2
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = _Model(_mlp(d=4, g=6, seed=12))
+        self.decoder.mean = self.decoder.fn  # decoder.mean(input) like ObservationDecoder
+
+    def decoder_input(self, z_nd, design_nk):
+        return torch.cat([z_nd, design_nk.expand(*z_nd.shape[:-1], -1)], dim=-1)
+
+
+def test_latent_decoder_single_block_and_perturbation_models():
+    from pyro_compare.models import MixturePriorVAE
+
+    torch.manual_seed(13)
+    mix = MixturePriorVAE(15, 2, 3, hidden=(8,)).double().eval()
+    z = torch.randn(5, 2, dtype=DT)
+    dec = latent_decoder(mix)
+    assert dec.kind == "full" and dec.n_latent == 2
+    torch.testing.assert_close(dec(z), mix.decoder_mean(z))
+    torch.testing.assert_close(latent_decoder(mix, library=10.0)(z), 10.0 * mix.decoder_mean(z))
+    with pytest.raises(ValueError, match="background/salient"):
+        latent_decoder(mix, "background")
+
+    pert = _PerturbationLike()
+    net = pert.decoder.fn
+    d1 = latent_decoder(pert, design=[0.0, 1.0])
+    torch.testing.assert_close(
+        d1(z), net(torch.cat([z, torch.tensor([[0.0, 1.0]], dtype=DT).expand(5, -1)], 1))
+    )
+    d0 = latent_decoder(pert)  # no decoder_mean: the control design 0
+    torch.testing.assert_close(d0(z), net(torch.cat([z, torch.zeros(5, 2, dtype=DT)], 1)))
+    # different conditions, different geometry
+    assert not torch.allclose(pullback_metric(d0, z), pullback_metric(d1, z))
+    with pytest.raises(ValueError, match="length 2"):
+        latent_decoder(pert, design=[1.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match="decoder_mean"):
+        latent_decoder(torch.nn.Linear(2, 2))
