@@ -1041,6 +1041,11 @@ class LatentDecoder(torch.nn.Module):
         ``None`` when the model does not say (then it is not checked).
     library
         Library size multiplying the mean, or ``None``.
+    metric
+        ``"euclidean"``: the module returns the mean :math:`\mu`; a Fisher
+        metric: it returns the isometric embedding of that metric (see
+        :func:`geodesic`), so that Euclidean geometry of the output *is* the
+        Fisher geometry of the model.
     """
 
     fixed_k: Tensor | None
@@ -1054,8 +1059,13 @@ class LatentDecoder(torch.nn.Module):
         fixed_k: Tensor | None,
         library: float | None,
         design_k: Tensor | None,
+        metric: MetricKind = "euclidean",
+        eps: float = 1e-8,
     ) -> None:
         super().__init__()
+        _check_kind(metric)
+        self.metric = metric
+        self.eps = float(eps)
         self.model = model
         self.kind = kind
         self.n_latent = None if n_latent is None else int(n_latent)
@@ -1090,10 +1100,21 @@ class LatentDecoder(torch.nn.Module):
         else:
             design_nk = self.design_k.to(zt_nd.dtype).expand(*zt_nd.shape[:-1], -1)
             mu_ng = self.model.decoder.mean(self.model.decoder_input(zt_nd, design_nk))
-        return mu_ng if self.library is None else self.library * mu_ng
+        if self.library is not None:
+            mu_ng = self.library * mu_ng
+        if self.metric == "euclidean":
+            return mu_ng
+        mu_ng = mu_ng.clamp_min(self.eps)
+        if self.metric == "fisher_poisson":
+            return 2.0 * mu_ng.sqrt()
+        theta_g = self.model.decoder.inverse_dispersion.to(mu_ng.dtype)
+        return 2.0 * theta_g.sqrt() * torch.asinh((mu_ng / theta_g).sqrt())
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, n_latent={self.n_latent}, library={self.library}"
+        return (
+            f"kind={self.kind!r}, n_latent={self.n_latent}, library={self.library}, "
+            f"metric={self.metric!r}"
+        )
 
 
 def _has_blocks(model: Any) -> bool:
@@ -1107,6 +1128,7 @@ def latent_decoder(
     fixed: Any = None,
     library: float | None = None,
     design: Any = None,
+    metric: MetricKind = "euclidean",
 ) -> LatentDecoder:
     r"""Decoder of a fitted model as a function of one latent block, for geometry.
 
@@ -1156,6 +1178,16 @@ def latent_decoder(
         ``metric="fisher_nb"``.
     design
         Perturbation design vector ``(K,)`` (see above).
+    metric
+        ``"euclidean"`` (default): return the mean :math:`\mu(u)`.
+        ``"fisher_poisson"`` / ``"fisher_nb"``: return the isometric embedding
+        of that Fisher metric, :math:`2\sqrt{\mu}` or
+        :math:`2\sqrt{\theta_g}\operatorname{arsinh}\sqrt{\mu_g/\theta_g}` with the
+        model's own inverse dispersion :math:`\theta_g`. The Euclidean geometry
+        of this output is the model's Fisher geometry, so use it with the
+        functions' default ``metric="euclidean"``: this is how
+        :func:`distance_stability` compares NB--Fisher distances of models
+        with different :math:`\theta` (one set of ``geodesic_kwargs`` for all).
 
     Returns
     -------
@@ -1170,7 +1202,18 @@ def latent_decoder(
     >>> z = model.latent(data, "background")                          # doctest: +SKIP
     >>> d = pairwise_distances(dec, z[i], z[j], metric="fisher_nb",   # doctest: +SKIP
     ...                        theta=dec.inverse_dispersion)
+    >>> emb = latent_decoder(model, library=2000.0, metric="fisher_nb")  # same geometry
+    >>> d2 = pairwise_distances(emb, z[i], z[j])                      # doctest: +SKIP
     """
+    _check_kind(metric)
+    if (
+        metric == "fisher_nb"
+        and getattr(getattr(model, "decoder", None), "inverse_dispersion", None) is None
+    ):
+        raise ValueError(
+            f"metric='fisher_nb' needs the model's NB inverse dispersion "
+            f"(`model.decoder.inverse_dispersion`); {type(model).__name__} has none."
+        )
     kinds = ("background", "salient", "full")
     if kind is not None and kind not in kinds:
         raise ValueError(f"Unknown latent block {kind!r}; choose one of {kinds}.")
@@ -1211,16 +1254,16 @@ def latent_decoder(
         if fixed is not None:
             raise ValueError("`fixed` only applies to models with background/salient blocks.")
         n_latent = getattr(model, "n_latent", None)
-        return LatentDecoder(model, "full", n_latent, None, library, design_k)
+        return LatentDecoder(model, "full", n_latent, None, library, design_k, metric)
 
     d_z, d_t = int(model.n_background_latent), int(model.n_salient_latent)
     kind = kind or "background"
     if kind == "full":
         if fixed is not None:
             raise ValueError("`fixed` does not apply to kind='full'.")
-        return LatentDecoder(model, kind, d_z + d_t, None, library, design_k)
+        return LatentDecoder(model, kind, d_z + d_t, None, library, design_k, metric)
     n_free, n_fixed = (d_z, d_t) if kind == "background" else (d_t, d_z)
     fixed_k = torch.zeros(n_fixed) if fixed is None else vector(fixed, n_fixed, "fixed")
     if ref is not None:
         fixed_k = fixed_k.to(ref)
-    return LatentDecoder(model, kind, n_free, fixed_k, library, design_k)
+    return LatentDecoder(model, kind, n_free, fixed_k, library, design_k, metric)

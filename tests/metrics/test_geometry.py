@@ -396,6 +396,14 @@ def test_latent_decoder_blocks_of_a_contrastive_vae():
     assert res.converged.all()
     straight = curve_length(bg_t0, _line(z[:2], z[2:], 12), metric="fisher_nb", theta=theta)
     assert torch.all(res.length <= straight * (1 + 1e-9))
+    # metric="fisher_nb": the output is the NB isometric embedding with the model's theta,
+    # so its Euclidean geometry is the Fisher geometry
+    emb = latent_decoder(model, "background", fixed=t0, library=500.0, metric="fisher_nb")
+    torch.testing.assert_close(
+        pullback_metric(emb, z), pullback_metric(bg_t0, z, "fisher_nb", theta=theta)
+    )
+    res_emb = geodesic(emb, z[:2], z[2:], n_points=12)
+    torch.testing.assert_close(res_emb.length, res.length, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="3-d"):
         bg(t)
     with pytest.raises(ValueError, match="length 2"):
@@ -444,5 +452,7 @@ def test_latent_decoder_single_block_and_perturbation_models():
     assert not torch.allclose(pullback_metric(d0, z), pullback_metric(d1, z))
     with pytest.raises(ValueError, match="length 2"):
         latent_decoder(pert, design=[1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="inverse dispersion"):
+        latent_decoder(pert, metric="fisher_nb")
     with pytest.raises(TypeError, match="decoder_mean"):
         latent_decoder(torch.nn.Linear(2, 2))
