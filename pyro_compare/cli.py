@@ -105,40 +105,28 @@ def run_demo(
 def _fit_command(args: argparse.Namespace) -> None:
     import anndata as ad
 
-    from .data import ComparativeData
-    from .infer import fit
-    from .models import ContrastiveVAE
+    from . import tools
+    from .infer import Sum
 
     adata = ad.read_h5ad(args.data)
-    data = ComparativeData.from_anndata(
+    objective = None
+    if args.salient_penalty > 0:
+        objective = Sum(penalty="wasserstein_to_zero", penalty_weight=args.salient_penalty)
+    model = tools.fit(
         adata,
         condition_key=args.condition_key,
         background=args.background,
         layer=args.layer,
-        counts=args.likelihood != "gaussian",
-    )
-    model = ContrastiveVAE(
-        data.n_features,
+        objective=objective,
         n_background_latent=args.n_background_latent,
         n_salient_latent=args.n_salient_latent,
         hidden=(args.hidden,),
         likelihood=args.likelihood,
-    )
-    history = fit(
-        model,
-        data,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
     )
-    adata.obsm["X_background"] = model.latent(data, "background")
-    adata.obsm["X_salient"] = model.latent(data, "salient")
-    adata.uns["pyro_compare"] = {
-        "model": "ContrastiveVAE",
-        "settings": {k: v for k, v in vars(args).items() if k != "func" and v is not None},
-        "history": {c: history[c].to_numpy() for c in history.columns},
-    }
     adata.write_h5ad(args.out)
     if args.save_model:
         model.save(args.save_model)
@@ -172,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=128)
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument(
+        "--salient-penalty",
+        type=float,
+        default=10.0,
+        help="weight of the W2-to-zero term on background cells' salient codes (0: off)",
+    )
     f.add_argument("--save-model", default=None, help="also save the model to this path")
     f.set_defaults(func=_fit_command)
     return parser
