@@ -22,15 +22,6 @@ from .identifiability import (
     mcc_matching,
 )
 
-__all__ = [
-    "affine_r2",
-    "block_r2",
-    "knn_accuracy",
-    "knn_accuracy_within",
-    "mcc",
-    "mcc_matching",
-]
-
 # Perturbation models: IWELBO, ATE agreement, mask recovery, posterior predictive checks.
 from .perturbation import (
     PerPerturbationLogger,
@@ -45,6 +36,15 @@ from .perturbation import (
     posterior_predictive_check,
     ppc_summary,
 )
+
+__all__ = [
+    "affine_r2",
+    "block_r2",
+    "knn_accuracy",
+    "knn_accuracy_within",
+    "mcc",
+    "mcc_matching",
+]
 
 __all__ += [
     "PerPerturbationLogger",
