@@ -33,7 +33,7 @@ from pyro_compare.metrics.identifiability import block_r2, mcc
 def fit_one(adata, args, model_seed: int):
     data = pc.data.ComparativeData.from_anndata(adata, "condition", "background")
     pyro.set_rng_seed(model_seed)
-    model = pc.models.ContrastiveVAE(data.n_features, args.dz, args.dt, hidden=(args.hidden,))
+    model = pc.models.ContrastiveVAE(data.n_features, args.dz, args.dt, hidden=tuple(args.hidden))
     history = pc.infer.fit(
         model, data, max_epochs=args.epochs, lr=args.lr, seed=model_seed, progress=False
     )
@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--genes", type=int, default=200)
     p.add_argument("--dz", type=int, default=5)
     p.add_argument("--dt", type=int, default=3)
-    p.add_argument("--hidden", type=int, default=128, help="model hidden width")
+    p.add_argument("--hidden", type=int, nargs="+", default=[128], help="model hidden widths")
     p.add_argument(
         "--mixing-hidden",
         type=int,
