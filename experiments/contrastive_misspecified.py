@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=0.05)
     parser.add_argument("--epsilon-hsic", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=10.0)
-    parser.add_argument("--dual-lr", type=float, default=0.05)
+    parser.add_argument("--dual-lr", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per fit")
     parser.add_argument("--jobs", type=int, default=1, help="fits run in parallel")
     parser.add_argument("--out", type=Path, default=RESULTS)
