@@ -101,7 +101,7 @@ def _run_toy(objective: Constrained, x0: float, steps: int = 4000, lr: float = 0
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(model.x), objective.lambda_, log
+    return float(model.x.detach()), objective.lambda_, log
 
 
 def test_constrained_toy_converges_to_kkt_point():
