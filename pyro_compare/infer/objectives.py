@@ -380,6 +380,8 @@ class Constrained(Objective):
     name
         Suffix of the log keys (``penalty_<name>``...); default: plain ``penalty``,
         ``lambda``, ``constraint_satisfied``, ``constraint_value``.
+    leakage
+        Alias of ``penalty`` (the spelling of DESIGN.md); overrides it when given.
 
     Notes
     -----
@@ -403,7 +405,11 @@ class Constrained(Objective):
         warmup_steps: int = 0,
         slack: float = 0.1,
         name: str | None = None,
+        leakage: str | Callable[[torch.nn.Module], torch.Tensor] | None = None,
     ) -> None:
+        if leakage is not None:
+            # DESIGN.md spells the argument ``leakage=``; both names mean the same penalty.
+            penalty = leakage
         if not 0.0 <= slack < 1.0:
             raise ValueError("slack must be in [0, 1).")
         if epsilon < 0:

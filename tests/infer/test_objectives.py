@@ -225,3 +225,9 @@ def test_constrained_fit_reaches_epsilon_and_mo_co_logs(small_data):
         progress=False, early_stopping=False,
     )  # fmt: skip
     assert evaluate_penalty(baseline, small_data, "wasserstein_to_zero") > 4 * epsilon
+
+
+def test_constrained_accepts_design_spelling_leakage():
+    from pyro_compare.infer import Constrained
+
+    assert Constrained(leakage="mmd", epsilon=0.01).penalty == "mmd"
