@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -23,8 +22,6 @@ import torch.nn.functional as F
 
 import pyro_compare as pc
 from pyro_compare.nn import GaussianEncoder, ObservationDecoder
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 class BareContrastiveVAE(torch.nn.Module):
@@ -109,13 +106,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", default=os.environ.get("PYRO_COMPARE_DATA_DIR", DEFAULT_DATA))
+    parser.add_argument("--data", default=None, help="data folder (default: see pc.data)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import anndata as ad
     import pyro
 
-    adata = ad.read_h5ad(Path(args.data) / "kang2018_scgen_valid_counts.h5ad")
+    kang = pc.data.KANG2018
+    path = Path(args.data) / kang if args.data else pc.data.dataset_path(kang)
+    adata = ad.read_h5ad(path)
     data = pc.data.ComparativeData.from_anndata(adata, "condition", "control")
     n_train = sum(len(i) for i in data.indices("train").values())
 

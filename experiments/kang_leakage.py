@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -43,10 +42,6 @@ from pyro_compare.metrics import knn_accuracy, knn_accuracy_within
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("PYRO_COMPARE_DATA_DIR", ROOT / ".." / "shared" / "data"))
 
 
 def make_objective(method: str, args) -> pc.infer.Objective:
@@ -87,10 +82,7 @@ def evaluate(model, data, adata, k: int = 15) -> dict[str, float]:
 def load(args):
     import anndata as ad
 
-    path = data_dir() / "kang2018_scgen_valid_counts.h5ad"
-    if not path.exists():
-        raise SystemExit(f"Kang data not found at {path}; set PYRO_COMPARE_DATA_DIR.")
-    adata = ad.read_h5ad(path)
+    adata = ad.read_h5ad(pc.data.dataset_path(pc.data.KANG2018))
     data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=args.seed)
     return adata, data
 

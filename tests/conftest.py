@@ -8,18 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyro_compare.data import KANG2018, PAPALEXI2021, dataset_path
+
 # Two torch processes on two cores spin-wait each other (OpenMP): default to one thread;
 # `make test` sets PYRO_COMPARE_TEST_THREADS=2 on an otherwise idle machine (CI).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 torch.set_num_threads(int(os.environ.get("PYRO_COMPARE_TEST_THREADS", "1")))
 
-DATA_DIR = Path(
-    os.environ.get(
-        "PYRO_COMPARE_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    )
-)
-KANG = DATA_DIR / "kang2018_scgen_valid_counts.h5ad"
-PAPALEXI = DATA_DIR / "papalexi2021_sceptre_lowmoi_counts.h5ad"
+KANG = dataset_path(KANG2018, must_exist=False)
+PAPALEXI = dataset_path(PAPALEXI2021, must_exist=False)
 
 
 def require(path: Path) -> Path:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from pyro_compare.data import data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("PYRO_COMPARE_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA_DIR = data_dir()
 TUTORIALS = sorted((REPO / "tutorials").glob("[0-9]*.py"))
 DATA_LINE = re.compile(r"^# pyro-compare-data:\s*(\S+)\s*$", re.MULTILINE)
 

@@ -53,18 +53,6 @@ N_CELLS = 600 if FAST else None
 N_GENES = 1000 if FAST else 2000
 
 
-def find_dataset(name: str) -> Path:
-    """``$PYRO_COMPARE_DATA_DIR/name``, else ``shared/data/name`` in a parent folder."""
-    if "PYRO_COMPARE_DATA_DIR" in os.environ:
-        return Path(os.environ["PYRO_COMPARE_DATA_DIR"]) / name
-    here = Path(globals().get("__file__", Path.cwd() / "notebook")).resolve().parent
-    for parent in (here, *here.parents, Path.cwd(), *Path.cwd().parents):
-        candidate = parent / "shared" / "data" / name
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{name} not found: set PYRO_COMPARE_DATA_DIR.")
-
-
 # %% [markdown]
 # ## Load and select genes
 #
@@ -73,7 +61,7 @@ def find_dataset(name: str) -> Path:
 # log-normalised copy: the model itself sees raw counts).
 
 # %%
-adata = sc.read_h5ad(find_dataset("kang2018_scgen_valid_counts.h5ad"))
+adata = sc.read_h5ad(pc.data.dataset_path("kang2018_scgen_valid_counts.h5ad"))
 if N_CELLS is not None:
     rng = np.random.default_rng(0)
     adata = adata[np.sort(rng.choice(adata.n_obs, N_CELLS, replace=False))].copy()

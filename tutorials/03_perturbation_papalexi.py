@@ -41,7 +41,6 @@
 # %%
 # pyro-compare-data: papalexi2021_sceptre_lowmoi_counts.h5ad
 import os
-from pathlib import Path
 
 import anndata as ad
 import matplotlib.pyplot as plt
@@ -65,18 +64,6 @@ ATE_SAMPLES = 2 if FAST else 10
 STRONG = ["IFNGR1", "IFNGR2", "JAK2", "IRF1"]
 
 
-def find_dataset(name: str) -> Path:
-    """``$PYRO_COMPARE_DATA_DIR/name``, else ``shared/data/name`` in a parent folder."""
-    if "PYRO_COMPARE_DATA_DIR" in os.environ:
-        return Path(os.environ["PYRO_COMPARE_DATA_DIR"]) / name
-    here = Path(globals().get("__file__", Path.cwd() / "notebook")).resolve().parent
-    for parent in (here, *here.parents, Path.cwd(), *Path.cwd().parents):
-        candidate = parent / "shared" / "data" / name
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{name} not found: set PYRO_COMPARE_DATA_DIR.")
-
-
 # %% [markdown]
 # ## Load the screen
 #
@@ -87,7 +74,7 @@ def find_dataset(name: str) -> Path:
 # (cells x knock-outs) that the perturbation models read from the batches.
 
 # %%
-adata = ad.read_h5ad(find_dataset("papalexi2021_sceptre_lowmoi_counts.h5ad"))
+adata = ad.read_h5ad(pc.data.dataset_path("papalexi2021_sceptre_lowmoi_counts.h5ad"))
 if N_CELLS is not None:
     rng = np.random.default_rng(0)
     adata = adata[np.sort(rng.choice(adata.n_obs, N_CELLS, replace=False))].copy()

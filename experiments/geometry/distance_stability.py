@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -54,10 +53,6 @@ from pyro_compare.metrics import distance_stability, geodesic, latent_decoder
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results"
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("PYRO_COMPARE_DATA_DIR", ROOT / ".." / "shared" / "data"))
 
 
 # --------------------------------------------------------------------------- data
@@ -87,15 +82,12 @@ def load_dataset(name: str, args) -> tuple[pc.data.ComparativeData, dict]:
     if name == "kang":
         import anndata as ad
 
-        path = data_dir() / "kang2018_scgen_valid_counts.h5ad"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found (set PYRO_COMPARE_DATA_DIR).")
-        adata = ad.read_h5ad(path)
+        adata = ad.read_h5ad(pc.data.dataset_path(pc.data.KANG2018))
         genes = top_variance_genes(adata, args.n_hvg)
         adata = adata[:, genes].copy()
         data = pc.data.ComparativeData.from_anndata(adata, "condition", "control")
         info = {"cells": adata.n_obs, "genes": adata.n_vars, "dz": 10, "dt": 10}
-        info["file"] = path.name
+        info["file"] = pc.data.KANG2018
         info["gene_selection"] = f"top {args.n_hvg} genes by variance of log1p(counts per 10k)"
         return data, info
     raise ValueError(name)

@@ -1,20 +1,8 @@
-"""AnnData -> tensors, validation, and simulators with ground truth."""
+"""AnnData -> tensors, validation, held-out splits, simulators with ground truth, datasets."""
 
 from .comparative import SOURCES, ComparativeData, build_design
-from .simulate import simulate_contrastive, simulate_mixture
-from .validation import DataValidationError
-
-__all__ = [
-    "SOURCES",
-    "ComparativeData",
-    "DataValidationError",
-    "build_design",
-    "simulate_contrastive",
-    "simulate_mixture",
-]
-
-# Perturbation screens: sparse-shift simulator and held-out splits.
-from .simulate import simulate_sparse_shift
+from .datasets import KANG2018, PAPALEXI2021, data_dir, dataset_path
+from .simulate import simulate_contrastive, simulate_mixture, simulate_sparse_shift
 from .splits import (
     apply_split,
     perturbation_labels,
@@ -22,10 +10,21 @@ from .splits import (
     split_by_combination,
     split_by_perturbation,
 )
+from .validation import DataValidationError
 
-__all__ += [
+__all__ = [
+    "KANG2018",
+    "PAPALEXI2021",
+    "SOURCES",
+    "ComparativeData",
+    "DataValidationError",
     "apply_split",
+    "build_design",
+    "data_dir",
+    "dataset_path",
     "perturbation_labels",
+    "simulate_contrastive",
+    "simulate_mixture",
     "simulate_sparse_shift",
     "split_by_cell",
     "split_by_combination",

@@ -1,0 +1,18 @@
+import pytest
+
+from pyro_compare.data import KANG2018, data_dir, dataset_path
+
+
+def test_env_override_and_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_COMPARE_DATA_DIR", str(tmp_path))
+    assert data_dir() == tmp_path
+    with pytest.raises(FileNotFoundError, match="PYRO_COMPARE_DATA_DIR"):
+        dataset_path(KANG2018)
+    assert dataset_path(KANG2018, must_exist=False) == tmp_path / KANG2018
+    (tmp_path / KANG2018).write_bytes(b"")
+    assert dataset_path(KANG2018) == tmp_path / KANG2018
+
+
+def test_default_finds_the_shared_folder_next_to_the_checkout(monkeypatch, kang_path):
+    monkeypatch.delenv("PYRO_COMPARE_DATA_DIR", raising=False)
+    assert dataset_path(KANG2018) == kang_path
