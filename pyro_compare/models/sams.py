@@ -60,7 +60,11 @@ class SAMSVAE(PerturbationVAE):
     likelihood
         ``"nb"``, ``"zinb"``, ``"poisson"`` or ``"gaussian"``.
     guide
-        ``"mean_field"`` or ``"correlated"`` (see the module docstring).
+        ``"correlated"`` (default) or ``"mean_field"`` (see the module docstring). The
+        correlated guide is clearly better on simulated sparse-shift screens (mask recovery
+        AUROC 0.94 vs 0.69, unseen-combination ATE Pearson 0.91 vs 0.75;
+        ``experiments/perturbation_simulated.py``): with stochastic masks, the shift the
+        mean-field encoder removes (the posterior mean) differs from the sampled one.
     mask_prior
         Prior probability :math:`p` that a perturbation targets a latent dimension.
     temperature
@@ -76,7 +80,7 @@ class SAMSVAE(PerturbationVAE):
         n_latent: int = 10,
         hidden: Sequence[int] = (128,),
         likelihood: str = "nb",
-        guide: str = "mean_field",
+        guide: str = "correlated",
         mask_prior: float = 0.1,
         temperature: float = 0.5,
         effect_prior_scale: float = 1.0,
