@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 import pyro_compare as pc
-from pyro_compare.nn import GaussianEncoder, ObservationDecoder
+from pyro_compare.nn import GaussianEncoder, ObservationDecoder, nb_log_prob
 
 
 class BareContrastiveVAE(torch.nn.Module):
-    """Plain-torch twin of ContrastiveVAE: same modules, same ELBO estimator."""
+    """Plain-torch twin of ContrastiveVAE: same modules, same ELBO estimator, same NB
+    log-density function."""
 
     def __init__(self, n_features: int, n_z: int = 10, n_t: int = 10, hidden=(128,)):
         super().__init__()
@@ -39,17 +40,10 @@ class BareContrastiveVAE(torch.nn.Module):
         return (-0.5 * ((x - loc) / scale) ** 2 - scale.log() - 0.9189385332046727).sum(-1)
 
     def _nb_logp(self, x_ng, zt, library_n):
+        # The same sparse-aware NB log-density as the Pyro model (pc.nn.nb_log_prob).
         log_mu = F.log_softmax(self.decoder.net(zt), -1) + library_n.log().unsqueeze(-1)
         log_theta = self.decoder.log_theta_g
-        theta = log_theta.exp()
-        logits = log_mu - log_theta
-        return (
-            torch.lgamma(x_ng + theta)
-            - torch.lgamma(theta)
-            - torch.lgamma(x_ng + 1)
-            + theta * F.logsigmoid(-logits)
-            + x_ng * F.logsigmoid(logits)
-        ).sum(-1)
+        return nb_log_prob(x_ng, log_theta.exp(), log_mu - log_theta).sum(-1)
 
     def loss(self, batch: dict) -> torch.Tensor:
         total = 0.0

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributions import SparseNegativeBinomial
 from .mlp import MLP
 
 __all__ = ["COUNT_LIKELIHOODS", "LIKELIHOODS", "ObservationDecoder"]
@@ -98,8 +99,7 @@ class ObservationDecoder(nn.Module):
         # NB(total_count=theta, logits) has mean theta * exp(logits).
         logits_ng = log_mu_ng - log_theta_g
         theta_g = log_theta_g.exp()
+        nb = SparseNegativeBinomial(total_count=theta_g, logits=logits_ng)
         if self.likelihood == "nb":
-            return dist.NegativeBinomial(total_count=theta_g, logits=logits_ng)
-        return dist.ZeroInflatedNegativeBinomial(
-            total_count=theta_g, logits=logits_ng, gate_logits=gate_ng
-        )
+            return nb
+        return dist.ZeroInflatedDistribution(nb, gate_logits=gate_ng)
