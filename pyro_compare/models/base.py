@@ -50,9 +50,15 @@ class ComparativeModel(PyroModule):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
-    def _finish_init(self, init_args: dict[str, Any]) -> None:
-        """Record constructor arguments (for save/load) and pyro-ize the submodules."""
-        self._init_args = {k: v for k, v in init_args.items() if k not in ("self", "__class__")}
+    def _finish_init(self, local_vars: dict[str, Any]) -> None:
+        """Record constructor arguments (for save/load) and pyro-ize the submodules.
+
+        ``local_vars`` is the subclass ``__init__``'s ``locals()`` at its end: the values of
+        the parameters of ``type(self).__init__`` are kept (as normalised there, e.g.
+        ``hidden`` as a tuple), everything else is ignored.
+        """
+        params = inspect.signature(type(self).__init__).parameters
+        self._init_args = {k: local_vars[k] for k in params if k != "self" and k in local_vars}
         to_pyro_module_(self)
         #: Guide outputs of the last guide call, for leakage penalties (see infer.penalties).
         self.guide_outputs: dict[str, dict[str, torch.Tensor]] = {}

@@ -77,18 +77,7 @@ class AdditiveShiftVAE(PerturbationVAE):
         self._global_param(
             "effect_scale_unconstrained", torch.full((k, d), math.log(math.expm1(0.1)))
         )
-        self._finish_init(
-            dict(
-                n_features=n_features,
-                n_perturbations=n_perturbations,
-                n_latent=n_latent,
-                hidden=hidden,
-                likelihood=likelihood,
-                effect_prior_scale=effect_prior_scale,
-                global_lr_scale=global_lr_scale,
-                guide=guide,
-            )
-        )
+        self._finish_init(locals())
 
     def model_globals(self) -> dict[str, torch.Tensor]:
         k, d = self.n_perturbations, self.n_latent
@@ -144,15 +133,7 @@ class ConditionalVAE(PerturbationVAE):
             encoder_context=n_perturbations,
             decoder_context=n_perturbations,
         )
-        self._finish_init(
-            dict(
-                n_features=n_features,
-                n_perturbations=n_perturbations,
-                n_latent=n_latent,
-                hidden=hidden,
-                likelihood=likelihood,
-            )
-        )
+        self._finish_init(locals())
 
     def effect_matrix(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.zeros(self.n_perturbations, self.n_latent)

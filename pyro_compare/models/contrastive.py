@@ -78,15 +78,7 @@ class ContrastiveVAE(ComparativeModel):
         #: When True the guide also records q(t | x) for background cells (not a sample
         #: site: t = 0 there in the model), which the leakage penalties need.
         self.track_background_salient = False
-        self._finish_init(
-            dict(
-                n_features=n_features,
-                n_background_latent=n_background_latent,
-                n_salient_latent=n_salient_latent,
-                hidden=hidden,
-                likelihood=likelihood,
-            )
-        )
+        self._finish_init(locals())
 
     # ------------------------------------------------------------------ generative story
     def z_dist(self, n: int) -> dist.TorchDistribution:

@@ -127,17 +127,7 @@ class MixturePriorVAE(ComparativeModel):
             if covariance == "diagonal":
                 raw = raw.diagonal(dim1=-2, dim2=-1).clone()
             self.raw_scale_kdd = nn.Parameter(raw)
-        self._finish_init(
-            dict(
-                n_features=n_features,
-                n_latent=n_latent,
-                n_components=n_components,
-                hidden=hidden,
-                likelihood=likelihood,
-                covariance=covariance,
-                init_spread=init_spread,
-            )
-        )
+        self._finish_init(locals())
 
     # ------------------------------------------------------------------ prior
     def scale_tril(self) -> torch.Tensor:

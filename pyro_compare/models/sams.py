@@ -113,21 +113,7 @@ class SAMSVAE(PerturbationVAE):
         self._global_param("mask_logits", torch.full((k, d), math.log(p0 / (1 - p0))))
         self._global_param("effect_loc", 0.1 * torch.randn(k, d))
         self._global_param("effect_scale_unconstrained", torch.full((k, d), _SOFTPLUS_INV_01))
-        self._finish_init(
-            dict(
-                n_features=n_features,
-                n_perturbations=n_perturbations,
-                n_latent=n_latent,
-                hidden=hidden,
-                likelihood=likelihood,
-                guide=guide,
-                mask_prior=mask_prior,
-                temperature=temperature,
-                effect_prior_scale=effect_prior_scale,
-                global_lr_scale=global_lr_scale,
-                initial_mask_probability=initial_mask_probability,
-            )
-        )
+        self._finish_init(locals())
 
     # ------------------------------------------------------------------ globals
     def model_globals(self) -> dict[str, torch.Tensor]:

@@ -92,19 +92,7 @@ class SparseShiftVAE(PerturbationVAE):
         a, b = sparsity_prior
         self._global_param("rate_a_unconstrained", torch.full((d,), _softplus_inverse(a)))
         self._global_param("rate_b_unconstrained", torch.full((d,), _softplus_inverse(b)))
-        self._finish_init(
-            dict(
-                n_features=n_features,
-                n_perturbations=n_perturbations,
-                n_latent=n_latent,
-                hidden=hidden,
-                likelihood=likelihood,
-                sparsity_prior=sparsity_prior,
-                temperature=temperature,
-                global_lr_scale=global_lr_scale,
-                initial_mask_probability=initial_mask_probability,
-            )
-        )
+        self._finish_init(locals())
 
     # ------------------------------------------------------------------ globals
     def model_globals(self) -> dict[str, torch.Tensor]:
