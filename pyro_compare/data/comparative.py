@@ -1,23 +1,27 @@
 """AnnData -> tensors for comparative models.
 
-:class:`ComparativeData` splits the cells of an AnnData object into two *sources*:
+:class:`ComparativeData` splits the cells of an AnnData object into *sources*:
 
 * ``"background"``: cells whose ``condition_key`` equals ``background`` (control cells),
-* ``"target"``: every other (non-excluded) cell (stimulated / perturbed cells),
+* the target cells: every other (non-excluded) cell, pooled as one source ``"target"``
+  (default) or, with ``targets="separate"``, one source per condition value (e.g.
+  ``"IFN-beta"`` and ``"LPS"``, or time points),
 
 and, for perturbation screens, builds a multi-hot design matrix ``d_nk`` (combinations
-such as ``"A+B"`` switch on two perturbations).  Minibatches are drawn from both sources
-at every step, so the model's ``pyro.plate("background", ...)`` and
-``pyro.plate("target", ...)`` can subsample each source with Pyro's usual scaling.
+such as ``"A+B"`` switch on two perturbations). Minibatches are mappings ``{source name:
+SourceBatch}`` (:mod:`pyro_compare.data.sources`) drawn from every source at each step, so
+a model's ``pyro.plate(<source name>, ...)`` can subsample each source with Pyro's usual
+scaling.
 
 Sparse matrices stay sparse; one minibatch at a time is densified.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,17 +29,23 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .design import build_design
+from .sources import BACKGROUND, RESERVED_SOURCE_NAMES, TARGET, SourceBatch
 from .validation import (
     DataValidationError,
+    check_labels,
     check_matrix_values,
     check_obs_key,
     check_values_present,
     get_matrix,
 )
 
-__all__ = ["ComparativeData", "SOURCES"]
+__all__ = ["ComparativeData", "SOURCES", "TARGET_MODES", "build_design"]
 
-SOURCES: tuple[str, str] = ("background", "target")
+#: Source names of the default (pooled-target) layout.
+SOURCES: tuple[str, str] = (BACKGROUND, TARGET)
+#: How target cells become sources: one pooled ``"target"`` source, or one per condition.
+TARGET_MODES = ("pooled", "separate")
 
 
 @dataclass
@@ -45,18 +55,19 @@ class _Split:
 
 
 class ComparativeData:
-    """Cells of two sources (background / target) ready for a comparative model.
+    """Cells of several sources (background + one or more targets) for a comparative model.
 
-    Build it with :meth:`from_anndata` (or :meth:`from_arrays`).  Indices used
-    throughout (``data.sources[s]``, ``index_background`` ...) are *row positions of
-    the kept cells* in ``data.adata``.
+    Build it with :meth:`from_anndata`. Indices used throughout (``data.sources[s]``,
+    ``SourceBatch.index_n``) are *row positions of the kept cells* in ``data.adata``.
 
     Attributes
     ----------
     adata
         The (possibly subsetted, when ``exclude`` is used) AnnData object.
     sources
-        ``{"background": idx_b, "target": idx_t}`` row positions per source.
+        ``{source name: row positions}``; ``"background"`` first, then the target sources.
+    source_roles
+        ``{source name: "background" | "target"}``.
     library
         Library size ``l_n`` per cell (float32 array).
     design
@@ -79,22 +90,40 @@ class ComparativeData:
         layer: str | None = None,
         validation_fraction: float = 0.1,
         seed: int = 0,
+        targets: str = "pooled",
+        library_from_data: bool = True,
     ) -> None:
+        if targets not in TARGET_MODES:
+            raise ValueError(f"unknown targets={targets!r}; use one of {TARGET_MODES}.")
         self.adata = adata
         self.matrix = matrix.tocsr() if sp.issparse(matrix) else np.asarray(matrix)
         self.condition = np.asarray(condition).astype(str)
         self.background = str(background)
         self.library = np.asarray(library, dtype=np.float32)
+        self.library_from_data = library_from_data
         self.counts = counts
         self.design = None if design is None else np.asarray(design, dtype=np.float32)
         self.perturbation_names = list(perturbation_names)
         self.condition_key = condition_key
         self.layer = layer
+        self.targets = targets
         is_bg = self.condition == self.background
-        self.sources: dict[str, np.ndarray] = {
-            "background": np.flatnonzero(is_bg),
-            "target": np.flatnonzero(~is_bg),
-        }
+        self.sources: dict[str, np.ndarray] = {BACKGROUND: np.flatnonzero(is_bg)}
+        if targets == "pooled":
+            self.sources[TARGET] = np.flatnonzero(~is_bg)
+        else:
+            values = pd.unique(self.condition[~is_bg])
+            if len(values) == 0:
+                self.sources[TARGET] = np.empty(0, dtype=np.int64)
+            for value in sorted(values):
+                if value in self.sources or value in RESERVED_SOURCE_NAMES:
+                    raise DataValidationError(
+                        f"condition value {value!r} cannot name a target source (reserved: "
+                        f"{(BACKGROUND, *RESERVED_SOURCE_NAMES)}). Rename it in "
+                        f"adata.obs[{condition_key!r}]."
+                    )
+                self.sources[value] = np.flatnonzero(self.condition == value)
+        self.source_roles = {s: (BACKGROUND if s == BACKGROUND else TARGET) for s in self.sources}
         for name, idx in self.sources.items():
             if idx.size == 0:
                 raise DataValidationError(
@@ -119,6 +148,7 @@ class ComparativeData:
         counts: bool = True,
         validation_fraction: float = 0.1,
         seed: int = 0,
+        targets: str = "pooled",
     ) -> ComparativeData:
         """Build from an AnnData object.
 
@@ -146,17 +176,22 @@ class ComparativeData:
             Set ``False`` for continuous data and ``likelihood="gaussian"``.
         validation_fraction, seed
             Seeded per-source train/validation split.
+        targets
+            ``"pooled"`` (default): every non-background cell in one source ``"target"``;
+            ``"separate"``: one target source per value of ``condition_key`` (named by the
+            value), e.g. control + IFN-beta + LPS, or time points. Each source gets its own
+            plate and its own term in :class:`~pyro_compare.infer.SourceTrace_ELBO`.
 
         Raises
         ------
         DataValidationError
-            Missing key or layer, absent background value, empty source, NaN / inf, negative or
-            non-integer counts, or cells with zero total counts. Zero-count cells are an error,
-            not silently dropped, so the rows of the result always line up with ``adata``:
-            filter them first with ``scanpy.pp.filter_cells(adata, min_counts=1)``.
+            Missing key or layer, absent background value, missing (NaN) labels, empty source,
+            NaN / inf, negative or non-integer counts, or cells with zero total counts.
+            Zero-count cells are an error, not silently dropped, so the rows of the result
+            always line up with ``adata``: filter them first with
+            ``scanpy.pp.filter_cells(adata, min_counts=1)``.
         """
-        check_obs_key(adata, condition_key, "condition_key")
-        condition = adata.obs[condition_key].astype(str).to_numpy()
+        condition = check_labels(adata, condition_key, "condition_key")
         check_values_present([background], np.unique(condition), condition_key, "background value")
         if exclude:
             exclude = [str(e) for e in exclude]
@@ -164,6 +199,12 @@ class ComparativeData:
             keep = ~np.isin(condition, exclude)
             adata = adata[keep].copy()
             condition = condition[keep]
+        if not adata.var_names.is_unique:
+            dup = list(adata.var_names[adata.var_names.duplicated()][:3])
+            raise DataValidationError(
+                f"adata.var_names has duplicated feature names (first: {dup}); genes are "
+                f"matched by name. Make them unique with adata.var_names_make_unique()."
+            )
         matrix = get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         check_matrix_values(matrix, counts=counts, where=where)
@@ -187,8 +228,7 @@ class ComparativeData:
         design = None
         names: list[str] = []
         if perturbation_key is not None:
-            check_obs_key(adata, perturbation_key, "perturbation_key")
-            labels = adata.obs[perturbation_key].astype(str).to_numpy()
+            labels = check_labels(adata, perturbation_key, "perturbation_key")
             design, names = build_design(labels, control=background, separator=separator)
         return cls(
             adata,
@@ -203,6 +243,8 @@ class ComparativeData:
             layer=layer,
             validation_fraction=validation_fraction,
             seed=seed,
+            targets=targets,
+            library_from_data=library_key is None,
         )
 
     # ------------------------------------------------------------------ properties
@@ -222,13 +264,63 @@ class ComparativeData:
     def var_names(self) -> pd.Index:
         return self.adata.var_names
 
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature (gene) names, in column order."""
+        return [str(v) for v in self.adata.var_names]
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """Source names, background first."""
+        return tuple(self.sources)
+
+    @property
+    def target_sources(self) -> tuple[str, ...]:
+        """Names of the target sources."""
+        return tuple(s for s, r in self.source_roles.items() if r == TARGET)
+
     def __repr__(self) -> str:
-        n_b, n_t = (len(self.sources[s]) for s in SOURCES)
+        parts = " + ".join(f"{len(i)} {s}" for s, i in self.sources.items())
         extra = f", {self.n_perturbations} perturbations" if self.design is not None else ""
-        return (
-            f"ComparativeData({n_b} background + {n_t} target cells x {self.n_features} "
-            f"features{extra})"
-        )
+        return f"ComparativeData({parts} cells x {self.n_features} features{extra})"
+
+    # ------------------------------------------------------------------ features
+    def align_features(self, feature_names: Sequence[str]) -> ComparativeData:
+        """These data with their features matched *by name* to ``feature_names``.
+
+        Features in another order are reordered; features the data lack raise an error
+        (how many, and the first few names); extra features are dropped with a warning (and
+        library sizes computed from the data are recomputed over the kept features, as at
+        training time). Returns ``self`` when the names already match.
+        """
+        names = pd.Index([str(n) for n in feature_names])
+        current = pd.Index(self.feature_names)
+        if current.equals(names):
+            return self
+        have = set(current)
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise DataValidationError(
+                f"gene mismatch: the data lack {len(missing)} of the model's {len(names)} "
+                f"features (first: {missing[:5]}). Use data with the genes the model was "
+                f"fitted on (model.feature_names), e.g. adata[:, model.feature_names]."
+            )
+        wanted = set(names)
+        extra = [n for n in current if n not in wanted]
+        if extra:
+            warnings.warn(
+                f"the data have {len(extra)} feature(s) the model was not fitted on (first: "
+                f"{extra[:5]}); they are dropped.",
+                UserWarning,
+                stacklevel=2,
+            )
+        cols = current.get_indexer(names)
+        new = copy.copy(self)
+        new.matrix = self.matrix[:, cols]
+        new.adata = self.adata[:, cols]
+        if extra and self.library_from_data:
+            new.library = np.asarray(new.matrix.sum(axis=1), dtype=np.float32).ravel()
+        return new
 
     # ------------------------------------------------------------------ splits
     def split(self, validation_fraction: float = 0.1, seed: int = 0) -> ComparativeData:
@@ -257,7 +349,7 @@ class ComparativeData:
             raise ValueError(f"train_mask must have shape ({self.n_cells},).")
         train = {s: idx[train_mask[idx]] for s, idx in self.sources.items()}
         val = {s: idx[~train_mask[idx]] for s, idx in self.sources.items()}
-        for s in SOURCES:
+        for s in self.sources:
             if train[s].size == 0:
                 raise DataValidationError(f"the training split has no {s!r} cells.")
         self._split = _Split(train, val)
@@ -281,26 +373,35 @@ class ComparativeData:
             block = block.toarray()
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
 
-    def batch(self, rows: dict[str, np.ndarray], sizes: dict[str, int] | None = None) -> dict:
-        """The keyword arguments of ``model()`` / ``guide()`` for the given rows per source.
+    def source_batch(self, source: str, rows: np.ndarray, n: int | None = None) -> SourceBatch:
+        """The :class:`SourceBatch` of ``rows`` (row positions) of ``source``; ``n`` is the
+        plate size (the number of cells of the split the rows are drawn from)."""
+        r = np.asarray(rows, dtype=np.int64)
+        return SourceBatch(
+            x_ng=self.dense(r),
+            library_n=torch.from_numpy(self.library[r]),
+            index_n=torch.from_numpy(r),
+            n=int(n) if n is not None else len(r),
+            design_nk=None if self.design is None else torch.from_numpy(self.design[r]),
+            role=self.source_roles[source],
+        )
 
-        Keys: ``x_<s>`` (cells x features), ``library_<s>`` (cells,), ``index_<s>`` (the
-        subsample indices, used by the source plates), ``n_<s>`` (the plate size: number of
-        cells of the split the rows are drawn from), and ``design_<s>`` when the data
-        have a perturbation design.
+    def batch(
+        self, rows: Mapping[str, np.ndarray], sizes: Mapping[str, int] | None = None
+    ) -> dict[str, SourceBatch]:
+        """The argument of ``model()`` / ``guide()`` for the given rows per source.
+
+        Returns ``{source: SourceBatch}`` for each source in ``rows`` (see
+        :mod:`pyro_compare.data.sources`); ``sizes`` gives each plate's full size.
         """
-        out: dict = {}
-        for s in SOURCES:
-            r = np.asarray(rows[s], dtype=np.int64)
-            out[f"x_{s}"] = self.dense(r)
-            out[f"library_{s}"] = torch.from_numpy(self.library[r])
-            out[f"index_{s}"] = torch.from_numpy(r)
-            out[f"n_{s}"] = int(sizes[s]) if sizes is not None else len(r)
-            if self.design is not None:
-                out[f"design_{s}"] = torch.from_numpy(self.design[r])
-        return out
+        for s in rows:
+            if s not in self.sources:
+                raise KeyError(f"unknown source {s!r}; the data have {self.source_names}.")
+        return {
+            s: self.source_batch(s, r, None if sizes is None else sizes[s]) for s, r in rows.items()
+        }
 
-    def full_batch(self, split: str | None = None) -> dict:
+    def full_batch(self, split: str | None = None) -> dict[str, SourceBatch]:
         """One batch holding every cell of ``split`` (default: all cells)."""
         idx = self.indices(split)
         return self.batch(idx, {s: len(i) for s, i in idx.items()})
@@ -316,13 +417,13 @@ class ComparativeData:
         shuffle: bool = True,
         split: str | None = "train",
         seed: int | None = None,
-    ) -> Iterator[dict]:
-        """Minibatches holding both sources, one epoch's worth.
+    ) -> Iterator[dict[str, SourceBatch]]:
+        """Minibatches holding every source, one epoch's worth.
 
         Each step draws from each source a share of ``batch_size`` proportional to its size
-        (at least one cell), so one epoch visits every cell about once. Each batch is a dict
-        whose keys are exactly the keyword arguments of the models' ``model``/``guide``:
-        ``svi.step(**batch)`` works.
+        (at least one cell), so one epoch visits every cell about once. Each batch is a
+        ``{source: SourceBatch}`` mapping, the argument of the models' ``model``/``guide``:
+        ``svi.step(batch)`` works.
         """
         idx = self.indices(split)
         sizes = {s: len(i) for s, i in idx.items()}
@@ -333,36 +434,16 @@ class ComparativeData:
         n_steps = max(1, math.ceil(total / batch_size))
         rng = np.random.default_rng(seed)
         order = {s: (rng.permutation(i) if shuffle else i) for s, i in idx.items()}
-        chunks = {s: np.array_split(order[s], min(n_steps, sizes[s])) for s in SOURCES}
+        chunks = {s: np.array_split(order[s], min(n_steps, sizes[s])) for s in idx}
         for step in range(n_steps):
-            rows = {}
-            for s in SOURCES:
-                parts = chunks[s]
-                # A source smaller than the number of steps is cycled.
-                rows[s] = parts[step % len(parts)]
+            # A source smaller than the number of steps is cycled.
+            rows = {s: parts[step % len(parts)] for s, parts in chunks.items()}
             yield self.batch(rows, sizes)
 
-
-def build_design(
-    labels: np.ndarray, control: str, separator: str = "+"
-) -> tuple[np.ndarray, list[str]]:
-    """Multi-hot design matrix from perturbation labels.
-
-    ``"A+B"`` switches on the columns of ``A`` and ``B``; the ``control`` label gives the
-    all-zero row.  Columns are the sorted single perturbation names.
-    """
-    labels = np.asarray(labels).astype(str)
-    parts = [
-        [] if lab == control else [p.strip() for p in lab.split(separator) if p.strip()]
-        for lab in labels
-    ]
-    names = sorted({p for ps in parts for p in ps if p != control})
-    if not names:
-        warnings.warn("no perturbations found: every cell is a control.", stacklevel=2)
-    col = {n: j for j, n in enumerate(names)}
-    design = np.zeros((len(labels), len(names)), dtype=np.float32)
-    for i, ps in enumerate(parts):
-        for p in ps:
-            if p != control:
-                design[i, col[p]] = 1.0
-    return design, names
+    def source_loader(
+        self, source: str, batch_size: int = 1024, split: str | None = None
+    ) -> Iterator[dict[str, SourceBatch]]:
+        """Batches of one source only, in row order (for latents and predictions)."""
+        idx = self.indices(split)[source]
+        for start in range(0, len(idx), batch_size):
+            yield self.batch({source: idx[start : start + batch_size]}, {source: len(idx)})

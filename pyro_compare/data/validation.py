@@ -7,7 +7,13 @@ from collections.abc import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["DataValidationError", "check_matrix_values", "check_obs_key", "get_matrix"]
+__all__ = [
+    "DataValidationError",
+    "check_labels",
+    "check_matrix_values",
+    "check_obs_key",
+    "get_matrix",
+]
 
 
 class DataValidationError(ValueError):
@@ -26,6 +32,13 @@ def check_obs_key(adata, key: str, what: str) -> None:
 
 def get_matrix(adata, layer: str | None):
     """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error for a missing layer."""
+    if getattr(adata, "isbacked", False):
+        raise DataValidationError(
+            f"the AnnData is backed (opened with read_h5ad(..., backed='r'), file "
+            f"{adata.filename}): its matrix is not loaded into memory. Load it with "
+            f"adata = adata.to_memory() (or read_h5ad without backed=) before building "
+            f"ComparativeData."
+        )
     if layer is None:
         if adata.X is None:
             raise DataValidationError(
@@ -40,6 +53,25 @@ def get_matrix(adata, layer: str | None):
             f"Pass layer=None to use adata.X, or one of the available layers."
         )
     return adata.layers[layer]
+
+
+def check_labels(adata, key: str, what: str) -> np.ndarray:
+    """The values of ``adata.obs[key]`` as strings, failing on missing (NaN / None) labels.
+
+    A missing label would otherwise become the string ``"nan"`` and silently count as a
+    condition (e.g. a target source) of its own.
+    """
+    check_obs_key(adata, key, what)
+    column = adata.obs[key]
+    missing = np.asarray(column.isna())
+    if missing.any():
+        first = list(adata.obs_names[np.flatnonzero(missing)[:3]])
+        raise DataValidationError(
+            f"adata.obs[{key!r}] ({what}) has {int(missing.sum())} missing (NaN) value(s) "
+            f"(first cells: {first}). Fill them with a label or drop those cells, e.g. "
+            f"adata = adata[adata.obs[{key!r}].notna()].copy()."
+        )
+    return column.astype(str).to_numpy()
 
 
 def _values(matrix) -> np.ndarray:

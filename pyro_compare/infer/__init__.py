@@ -1,15 +1,23 @@
-"""Inference: per-source ELBO, objectives (sum / multi-objective / constrained), fit loop."""
+"""Inference: per-source ELBO, objectives (sum / multi-objective / constrained), the fit
+loop and its callbacks, and the poutine handlers that tag sites by source."""
 
 from . import penalties
-from .elbo import GLOBAL, SourceTrace_ELBO, site_source
-from .fit import TrainingDivergedError, evaluate_losses, fit
+from .callbacks import Callback, PerPerturbationLogger
+from .elbo import GLOBAL, SourceTerms, SourceTrace_ELBO, site_source
+from .fit import SELECT, TrainingDivergedError, evaluate_losses, fit
+from .handlers import SourceMessenger, source_plate
 from .objectives import Constrained, MultiObjective, Objective, Sum, min_norm_weights
 
 __all__ = [
     "GLOBAL",
+    "SELECT",
+    "Callback",
     "Constrained",
     "MultiObjective",
     "Objective",
+    "PerPerturbationLogger",
+    "SourceMessenger",
+    "SourceTerms",
     "SourceTrace_ELBO",
     "Sum",
     "TrainingDivergedError",
@@ -18,4 +26,5 @@ __all__ = [
     "min_norm_weights",
     "penalties",
     "site_source",
+    "source_plate",
 ]

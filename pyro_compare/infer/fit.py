@@ -1,5 +1,5 @@
-"""The fit loop: minibatch SVI over per-source losses with objectives, early stopping,
-checkpoints and a NaN guard."""
+"""The fit loop: minibatch SVI over per-source losses with objectives, model selection,
+progress, checkpoints and a NaN guard."""
 
 from __future__ import annotations
 
@@ -7,31 +7,28 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyro
 import torch
-from tqdm.auto import tqdm
 
-from ..data.comparative import SOURCES, ComparativeData
+from ..data.comparative import ComparativeData
+from ..data.sources import sources_to
+from .callbacks import Callback
 from .elbo import GLOBAL, SourceTrace_ELBO
 from .objectives import Objective, Sum
 
-__all__ = ["TrainingDivergedError", "fit", "evaluate_losses"]
+__all__ = ["SELECT", "TrainingDivergedError", "evaluate_losses", "fit"]
+
+#: Which parameters ``fit`` keeps at the end: the best validation loss or the last epoch.
+SELECT = ("best_validation", "last")
 
 
 class TrainingDivergedError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the last good parameters were kept."""
-
-
-def _scaled_losses(
-    elbo: SourceTrace_ELBO, model, batch: dict, n_total: int
-) -> dict[str, torch.Tensor]:
-    """Per-source losses divided by the number of cells of the split (negative ELBO per cell)."""
-    raw = elbo.source_losses(model.model, model.guide, **batch)
-    return {k: v / n_total for k, v in raw.items()}
 
 
 @torch.no_grad()
@@ -41,10 +38,11 @@ def evaluate_losses(
     split: str | None = "validation",
     batch_size: int = 512,
     elbo: SourceTrace_ELBO | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Per-source negative ELBO per cell of that source, on ``split`` (no gradients).
 
-    Returns ``{"background": ..., "target": ..., "global": ..., "loss": total per cell}``.
+    Returns ``{<source>: ..., "global": ..., "loss": total per cell}``.
     """
     elbo = elbo or SourceTrace_ELBO()
     idx = data.indices(split)
@@ -58,25 +56,66 @@ def evaluate_losses(
     try:
         steps = 0
         for batch in data.loader(batch_size, shuffle=False, split=split):
-            for k, v in elbo.source_losses(model.model, model.guide, **batch).items():
+            if device is not None:
+                batch = sources_to(batch, device)
+            for k, v in elbo.source_losses(model.model, model.guide, batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             steps += 1
     finally:
         model.train(was_training)
     # Each batch's terms are unbiased full-split estimates: average them over steps.
     out = {k: v / steps for k, v in sums.items()}
-    result = {s: out[s] / sizes[s] for s in SOURCES if s in out}
+    result = {s: out[s] / sizes[s] for s in sizes if s in out}
     if GLOBAL in out:
         result[GLOBAL] = out[GLOBAL] / n_total
     result["loss"] = sum(out.values()) / n_total
     return result
 
 
-def _is_tty() -> bool:
+def _interactive() -> bool:
+    """A terminal or a Jupyter kernel: show a progress bar (else print lines)."""
+    if "ipykernel" in sys.modules:
+        return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class _Progress:
+    """tqdm.auto bar on terminals / Jupyter; otherwise a line every ``every`` epochs (or 30 s)
+    with the per-source losses, so long fits in logs are not silent."""
+
+    def __init__(self, enabled: bool, total: int, initial: int, every: int = 10) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.every = every
+        self.last_print = time.perf_counter()
+        if enabled and _interactive():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="fit", unit="epoch", leave=False)
+
+    def update(self, row: dict[str, Any], sources: Sequence[str]) -> None:
+        if not self.enabled:
+            return
+        parts = {s: row.get(f"train_{s}") for s in sources}
+        shown = {s: f"{v:.4g}" for s, v in parts.items() if v is not None}
+        if "validation_loss" in row:
+            shown["val"] = f"{row['validation_loss']:.4g}"
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(shown)
+            return
+        now = time.perf_counter()
+        if row["epoch"] % self.every == 0 or now - self.last_print > 30:
+            self.last_print = now
+            text = " ".join(f"{k}={v}" for k, v in shown.items())
+            print(f"fit: epoch {row['epoch']} {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def fit(
@@ -91,53 +130,77 @@ def fit(
     early_stopping: bool = True,
     patience: int = 15,
     min_delta: float = 0.0,
+    select: str = "best_validation",
+    max_time: float | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
     num_particles: int = 1,
+    vectorize_particles: bool = True,
     clip_norm: float | None = 10.0,
     weight_decay: float = 0.0,
     elbo: SourceTrace_ELBO | None = None,
+    callbacks: Sequence[Callback] = (),
+    device: torch.device | str | None = None,
 ) -> pd.DataFrame:
     """Fit a comparative model by stochastic variational inference.
 
-    Each step draws a minibatch from both sources (:meth:`ComparativeData.loader`), computes
-    the per-source losses with :class:`SourceTrace_ELBO` (divided by the number of training
-    cells), lets the ``objective`` combine them (``None``: the plain negative ELBO,
-    :class:`~pyro_compare.infer.objectives.Sum`), and takes an Adam step.
+    Each step draws a minibatch from every source (:meth:`ComparativeData.loader`), computes
+    the per-source losses and traces with :class:`SourceTrace_ELBO` (losses divided by the
+    number of training cells), lets the ``objective`` combine them, takes an Adam step, then
+    calls ``objective.after_step(log)`` and the callbacks.
 
     Parameters
     ----------
     model
-        A :class:`~pyro_compare.models.base.ComparativeModel` (any PyroModule with
-        ``model``/``guide`` taking the batch keywords works).
+        A :class:`~pyro_compare.models.base.ComparativeModel`.
     data
         Training data with its train/validation split.
     objective
-        How the per-source losses and penalties are combined.
-    max_epochs, batch_size, lr, seed
-        Optimisation settings; runs with the same seed are reproducible on CPU.
+        How the per-source losses and penalties are combined; ``None``: the model's
+        :meth:`~pyro_compare.models.base.ComparativeModel.default_objective` (the same
+        default for ``pc.infer.fit``, ``pc.tl.fit`` and the CLI).
+    max_epochs, batch_size, lr
+        Optimisation settings.
+    seed
+        Seeds everything the fit draws (minibatch order, ELBO samples) in a forked torch
+        RNG (the caller's global RNG is untouched), and a model's initial parameters at its
+        first fit (:meth:`~pyro_compare.models.base.ComparativeModel.reinitialize`), so the
+        same call reproduces a fit bit for bit on CPU from a fresh process.
     validation, early_stopping, patience, min_delta
         Validation losses are computed every epoch; with ``early_stopping`` training stops
-        after ``patience`` epochs without improvement of the validation loss and the best
-        parameters are restored.
+        after ``patience`` epochs without improvement of the validation loss, but never
+        while the objective reports an unmet constraint (``constraint_satisfied`` below 0.5:
+        the constraint failed on most of the epoch's steps).
+    select
+        Parameters kept at the end: ``"best_validation"`` (the epoch with the best validation
+        loss among those whose constraint held, when early stopping is on) or ``"last"``.
+    max_time
+        Time budget in seconds: training stops after the epoch that exceeds it.
     checkpoint_dir, resume
         Save a checkpoint every epoch (model, optimiser, objective, history, RNG state);
         ``resume=True`` continues from the latest one in ``checkpoint_dir``.
     progress
-        tqdm progress bar with per-source losses (shown only on a terminal).
-    num_particles
-        ELBO particles per step.
+        A tqdm.auto progress bar on terminals and in Jupyter; elsewhere (logs) a line with
+        the per-source losses every 10 epochs.
+    num_particles, vectorize_particles
+        ELBO particles per step, vectorised (one batched pass) by default.
     clip_norm
         Gradient norm clipping (``None``: off).
+    callbacks
+        :class:`~pyro_compare.infer.callbacks.Callback` objects (e.g.
+        :class:`~pyro_compare.infer.callbacks.PerPerturbationLogger`).
+    device
+        ``"cuda"``, ``"cpu"`` or a :class:`torch.device`: the model and every minibatch are
+        moved there (latents and predictions come back to the CPU as numpy).
 
     Returns
     -------
     pandas.DataFrame
         One row per epoch: ``epoch``, ``train_<source>`` and ``validation_<source>`` (negative
         ELBO per cell of that source), ``train_loss`` / ``validation_loss`` (per cell), the
-        objective's logs (weights, penalties, multipliers, averaged over steps) and
-        ``seconds``. Also stored as ``model.history_``.
+        objective's and callbacks' logs (averaged over steps) and ``seconds``. Also stored as
+        ``model.history_``.
 
     Raises
     ------
@@ -145,15 +208,80 @@ def fit(
         A loss or gradient became NaN/inf; the parameters of the last good epoch are
         restored before raising.
     """
-    model.check_data(data) if hasattr(model, "check_data") else None
-    objective = objective or Sum()
-    elbo = elbo or SourceTrace_ELBO(num_particles=num_particles)
-    pyro.set_rng_seed(seed)
+    if select not in SELECT:
+        raise ValueError(f"unknown select={select!r}; use one of {SELECT}.")
+    data = model.prepare_data(data) if hasattr(model, "prepare_data") else data
+    if hasattr(model, "bind_features"):
+        model.bind_features(data)
+    if objective is None:
+        objective = model.default_objective() if hasattr(model, "default_objective") else Sum()
+    if elbo is None:
+        elbo = SourceTrace_ELBO(
+            num_particles=num_particles,
+            vectorize_particles=vectorize_particles and num_particles > 1,
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if getattr(model, "_fresh", False) and not resume:
+            model.reinitialize(seed)
+        if device is not None:
+            model.to(device)
+        history = _fit_loop(
+            model,
+            data,
+            objective,
+            elbo,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            validation=validation,
+            early_stopping=early_stopping,
+            patience=patience,
+            min_delta=min_delta,
+            select=select,
+            max_time=max_time,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=progress,
+            clip_norm=clip_norm,
+            weight_decay=weight_decay,
+            callbacks=list(callbacks),
+            device=device,
+        )
+    model._fresh = False
+    return history
+
+
+def _fit_loop(
+    model,
+    data: ComparativeData,
+    objective: Objective,
+    elbo: SourceTrace_ELBO,
+    *,
+    max_epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    validation: bool,
+    early_stopping: bool,
+    patience: int,
+    min_delta: float,
+    select: str,
+    max_time: float | None,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+    clip_norm: float | None,
+    weight_decay: float,
+    callbacks: list[Callback],
+    device,
+) -> pd.DataFrame:
     params = [p for p in model.parameters() if p.requires_grad]
     objective.setup(model, params)
-    extra = list(getattr(objective, "parameters", lambda: [])())
-    optimizer = torch.optim.Adam(params + extra, lr=lr, weight_decay=weight_decay)
-    n_train = sum(len(i) for i in data.indices("train").values())
+    optimizer = torch.optim.Adam(params + objective.parameters(), lr=lr, weight_decay=weight_decay)
+    train_sizes = {s: len(i) for s, i in data.indices("train").items()}
+    n_train = sum(train_sizes.values())
     has_validation = validation and min(len(i) for i in data.indices("validation").values()) > 0
 
     rows: list[dict[str, Any]] = []
@@ -163,91 +291,107 @@ def fit(
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             objective.load_state_dict(state["objective"])
+            for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
+                cb.load_state_dict(cb_state)
             rows = state["history"]
             start_epoch = state["epoch"] + 1
             best_loss, best_state, bad_epochs = state["best"]
             torch.set_rng_state(state["torch_rng"])
 
     good_state = copy.deepcopy(model.state_dict())
-    show = progress and _is_tty()
-    bar = tqdm(range(start_epoch, max_epochs), disable=not show, desc="fit", leave=False)
+    bar = _Progress(progress, total=max_epochs, initial=start_epoch)
+    started = time.perf_counter()
     model.train()
-    with pyro.validation_enabled(False):
-        for epoch in bar:
-            t0 = time.perf_counter()
-            sums: dict[str, float] = {}
-            n_steps = 0
-            for step, batch in enumerate(
-                data.loader(batch_size, shuffle=True, split="train", seed=seed * 100_003 + epoch)
-            ):
-                losses = _scaled_losses(elbo, model, batch, n_train)
-                loss, log = objective(losses, model)
-                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                if bad or not torch.isfinite(loss):
-                    _diverged(model, good_state, epoch, step, bad or ["objective"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_norm is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                    if not torch.isfinite(norm):
-                        _diverged(model, good_state, epoch, step, ["gradient"])
-                optimizer.step()
-                after = getattr(objective, "after_step", None)
-                if after is not None:
-                    after()
-                for k, v in losses.items():
-                    sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach())
-                sums["train_loss"] = sums.get("train_loss", 0.0) + float(
-                    sum(v.detach() for v in losses.values())
+    try:
+        with pyro.validation_enabled(False):
+            for epoch in range(start_epoch, max_epochs):
+                t0 = time.perf_counter()
+                sums: dict[str, float] = {}
+                n_steps = 0
+                loader = data.loader(
+                    batch_size, shuffle=True, split="train", seed=seed * 100_003 + epoch
                 )
-                for k, v in log.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_steps += 1
-            row: dict[str, Any] = {"epoch": epoch}
-            for k, v in sums.items():
-                row[k] = v / n_steps
-            # train_<source> in per-cell-of-that-source units, like the validation columns.
-            sizes = {s: len(i) for s, i in data.indices("train").items()}
-            for s in SOURCES:
-                if f"train_{s}" in row:
-                    row[f"train_{s}"] *= n_train / sizes[s]
-            if has_validation:
-                val = evaluate_losses(model, data, "validation", max(batch_size, 512), elbo)
-                row.update({f"validation_{k}": v for k, v in val.items()})
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            good_state = copy.deepcopy(model.state_dict())
-            monitor = row.get("validation_loss", row["train_loss"])
-            if monitor < best_loss - min_delta:
-                best_loss, best_state, bad_epochs = monitor, good_state, 0
-            else:
-                bad_epochs += 1
-            if show:
-                bar.set_postfix(
-                    {s: f"{row.get(f'train_{s}', float('nan')):.4g}" for s in SOURCES}
-                    | {"val": f"{monitor:.4g}"}
+                for step, batch in enumerate(loader):
+                    if device is not None:
+                        batch = sources_to(batch, device)
+                    terms = elbo.source_terms(model.model, model.guide, batch).scaled(1 / n_train)
+                    losses = terms.losses
+                    loss, log = objective(terms)
+                    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                    if bad or not torch.isfinite(loss):
+                        _diverged(model, good_state, epoch, step, bad or ["objective"])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip_norm is not None:
+                        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                        if not torch.isfinite(norm):
+                            _diverged(model, good_state, epoch, step, ["gradient"])
+                    optimizer.step()
+                    objective.after_step(log)
+                    log = dict(log)
+                    for cb in callbacks:
+                        log.update(cb.on_step(batch, terms, log))
+                    for k, v in losses.items():
+                        sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach())
+                    sums["train_loss"] = sums.get("train_loss", 0.0) + sum(
+                        float(v.detach()) for v in losses.values()
+                    )
+                    for k, v in log.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    n_steps += 1
+                row: dict[str, Any] = {"epoch": epoch}
+                for k, v in sums.items():
+                    row[k] = v / n_steps
+                # train_<source> in per-cell-of-that-source units, like the validation columns.
+                for s, size in train_sizes.items():
+                    if f"train_{s}" in row:
+                        row[f"train_{s}"] *= n_train / size
+                if has_validation:
+                    val = evaluate_losses(
+                        model, data, "validation", max(batch_size, 512), elbo, device
+                    )
+                    row.update({f"validation_{k}": v for k, v in val.items()})
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, row)
+                row["seconds"] = time.perf_counter() - t0
+                rows.append(row)
+                good_state = copy.deepcopy(model.state_dict())
+                monitor = row.get("validation_loss", row["train_loss"])
+                # An epoch whose constraint did not hold (on average) is neither "best" nor
+                # counted towards early stopping: the fit goes on until it holds.
+                feasible = all(
+                    v >= 0.5 for k, v in row.items() if k.startswith("constraint_satisfied")
                 )
-            if ckpt_path is not None:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "objective": objective.state_dict(),
-                        "history": rows,
-                        "epoch": epoch,
-                        "best": (best_loss, best_state, bad_epochs),
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    ckpt_path,
-                )
-            if early_stopping and bad_epochs >= patience:
-                break
-    bar.close()
-    if early_stopping and best_state is not None:
+                if feasible and monitor < best_loss - min_delta:
+                    best_loss, best_state, bad_epochs = monitor, good_state, 0
+                elif feasible:
+                    bad_epochs += 1
+                bar.update(row, list(train_sizes))
+                if ckpt_path is not None:
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "objective": objective.state_dict(),
+                            "callbacks": [cb.state_dict() for cb in callbacks],
+                            "history": rows,
+                            "epoch": epoch,
+                            "best": (best_loss, best_state, bad_epochs),
+                            "torch_rng": torch.get_rng_state(),
+                        },
+                        ckpt_path,
+                    )
+                if early_stopping and bad_epochs >= patience:
+                    break
+                if max_time is not None and time.perf_counter() - started > max_time:
+                    break
+    finally:
+        bar.close()
+    if select == "best_validation" and early_stopping and best_state is not None:
         model.load_state_dict(best_state)
     history = pd.DataFrame(rows)
     history.attrs["best_loss"] = best_loss

@@ -1,17 +1,24 @@
 r"""Objectives: how a step's per-source losses (and penalties) become one backward pass.
 
-The fit loop calls an objective once per step with the dict of per-source losses from
+The fit loop calls an objective once per step with the step's
+:class:`~pyro_compare.infer.elbo.SourceTerms`: the per-source losses from
 :class:`~pyro_compare.infer.SourceTrace_ELBO`, already divided by the total number of
-training cells N (so ``sum(losses.values())`` is the negative ELBO per cell, and the
-relative weight of the sources is that of the ELBO). The objective returns the scalar
-to backpropagate and a dict of floats to log (weights, penalty values, multipliers).
+training cells N (so ``sum(terms.losses.values())`` is the negative ELBO per cell, and the
+relative weight of the sources is that of the ELBO), and the traces they came from (which
+penalties read). The objective returns the scalar to backpropagate and a dict of floats to
+log (weights, penalty values, multipliers).
 
-The interface is deliberately small:
+The hooks, all declared on :class:`Objective`:
 
 * ``setup(model, params)``: called once before training (e.g. to remember the shared
-  parameters on which gradients are compared, or to ask the model to record what a
-  penalty needs);
-* ``__call__(losses, model) -> (loss, log)``: one step;
+  parameters on which gradients are compared);
+* ``parameters()``: extra trainable parameters the objective owns (e.g. an adversary),
+  optimised with the model's;
+* ``__call__(terms) -> (loss, log)``: one step, *pure*: it reads its state but changes
+  nothing, so it can be called twice (e.g. for a diagnostic) without side effects;
+* ``after_step(log)``: called by the fit loop after the optimiser step with the log that
+  ``__call__`` returned; state updates (e.g. the dual ascent of :class:`Constrained`) happen
+  here;
 * ``state_dict()`` / ``load_state_dict()``: objective state (multipliers) for checkpoints.
 """
 
@@ -23,19 +30,30 @@ from typing import Any
 
 import torch
 
+from .elbo import SourceTerms
+from .penalties import Penalty, resolve_penalty
+
 __all__ = ["Constrained", "MultiObjective", "Objective", "Sum", "min_norm_weights"]
 
 
 class Objective:
-    """Base class of the objectives used by :func:`pyro_compare.infer.fit`."""
+    """Base class of the objectives used by :func:`pyro_compare.infer.fit` (see the module
+    docstring for the hooks)."""
 
     def setup(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> None:
         """Called once by ``fit`` before the first step."""
 
-    def __call__(
-        self, losses: Mapping[str, torch.Tensor], model: torch.nn.Module
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters owned by the objective (optimised with the model's)."""
+        return []
+
+    def __call__(self, terms: SourceTerms) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to backpropagate and a dict of floats to log, for one step."""
         raise NotImplementedError
+
+    def after_step(self, log: Mapping[str, float]) -> None:
+        """Update the objective's state after the optimiser step (``log``: what
+        ``__call__`` returned for that step)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -54,7 +72,7 @@ class Sum(Objective):
     weights
         Weight per loss key (missing keys weigh 1).
     penalty
-        Optional leakage penalty: a callable ``penalty(model) -> Tensor`` or the name of one
+        Optional leakage penalty: a callable ``penalty(terms) -> Tensor`` or the name of one
         in :mod:`pyro_compare.infer.penalties`.
     penalty_weight
         :math:`\beta`, the fixed penalty weight.
@@ -63,24 +81,19 @@ class Sum(Objective):
     def __init__(
         self,
         weights: Mapping[str, float] | None = None,
-        penalty=None,
+        penalty: str | Penalty | None = None,
         penalty_weight: float = 1.0,
     ) -> None:
         self.weights = dict(weights or {})
         self.penalty = penalty
         self.penalty_weight = float(penalty_weight)
+        self._penalty_fn = None if penalty is None else resolve_penalty(penalty)
 
-    def setup(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> None:
-        if self.penalty is not None:
-            self._penalty_fn = _resolve_penalty(self.penalty, model)
-
-    def __call__(
-        self, losses: Mapping[str, torch.Tensor], model: torch.nn.Module
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        total = sum(self.weights.get(k, 1.0) * v for k, v in losses.items())
+    def __call__(self, terms: SourceTerms) -> tuple[torch.Tensor, dict[str, float]]:
+        total = sum(self.weights.get(k, 1.0) * v for k, v in terms.losses.items())
         log: dict[str, float] = {}
-        if self.penalty is not None:
-            value = self._penalty_fn(model)
+        if self._penalty_fn is not None:
+            value = self._penalty_fn(terms)
             total = total + self.penalty_weight * value
             log["penalty"] = float(value.detach())
         return total, log
@@ -268,15 +281,13 @@ class MultiObjective(Objective):
         flat = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
         return torch.cat([g.reshape(-1) for g in flat])
 
-    def weights(self, losses: Mapping[str, torch.Tensor], model=None) -> torch.Tensor:
+    def weights(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The min-norm weights :math:`\\alpha` (one per objective) for these losses."""
         k = len(self.objectives)
         if self.method == "equal":
             return torch.full((k,), 1.0 / k)
         if self._shared_params is None:
-            if model is None:
-                raise RuntimeError("call setup(model, params) first.")
-            self.setup(model, [p for p in model.parameters() if p.requires_grad])
+            raise RuntimeError("MultiObjective: call setup(model, params) first.")
         params = self._shared_params
         g = [self._flat_grad(losses[o], params) for o in self.objectives]
         if self.global_terms == "add":
@@ -295,13 +306,12 @@ class MultiObjective(Objective):
         self._last_gram = gram.detach()
         return alpha
 
-    def __call__(
-        self, losses: Mapping[str, torch.Tensor], model: torch.nn.Module
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, terms: SourceTerms) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = terms.losses
         missing = [o for o in self.objectives if o not in losses]
         if missing:
             raise KeyError(f"MultiObjective: losses {missing} absent (have {sorted(losses)}).")
-        alpha = self.weights(losses, model)
+        alpha = self.weights(losses)
         total = sum(float(a) * losses[o] for a, o in zip(alpha, self.objectives)) * self.scale
         others = [v for key, v in losses.items() if key not in self.objectives]
         if others:
@@ -352,7 +362,7 @@ class Constrained(Objective):
     ----------
     penalty
         Name in :data:`~pyro_compare.infer.penalties.PENALTIES` (``"wasserstein_to_zero"``,
-        ``"mmd"``, ``"mmd_salient"``, ``"hsic"``) or a callable ``model -> Tensor``.
+        ``"mmd"``, ``"mmd_salient"``, ``"hsic"``) or a callable ``terms -> Tensor``.
     epsilon
         Tolerance of the constraint.
     elbo
@@ -393,7 +403,7 @@ class Constrained(Objective):
 
     def __init__(
         self,
-        penalty: str | Callable[[torch.nn.Module], torch.Tensor] = "wasserstein_to_zero",
+        penalty: str | Penalty = "wasserstein_to_zero",
         epsilon: float = 0.01,
         elbo: Objective | None = None,
         dual_lr: float = 1.0,
@@ -405,7 +415,7 @@ class Constrained(Objective):
         warmup_steps: int = 0,
         slack: float = 0.1,
         name: str | None = None,
-        leakage: str | Callable[[torch.nn.Module], torch.Tensor] | None = None,
+        leakage: str | Penalty | None = None,
     ) -> None:
         if leakage is not None:
             # DESIGN.md spells the argument ``leakage=``; both names mean the same penalty.
@@ -434,6 +444,7 @@ class Constrained(Objective):
         self.slack = float(slack)
         self.name = name
         self.lambda_ = max(float(lambda_init), self.lambda_min)
+        self._penalty_fn: Penalty = resolve_penalty(penalty)
         self.constraint_average: float | None = None
         self.steps = 0
 
@@ -442,15 +453,13 @@ class Constrained(Objective):
 
     def setup(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> None:
         self.elbo.setup(model, params)
-        self._penalty_fn = _resolve_penalty(self.penalty, model)
 
-    def __call__(
-        self, losses: Mapping[str, torch.Tensor], model: torch.nn.Module
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        if not hasattr(self, "_penalty_fn"):
-            self._penalty_fn = _resolve_penalty(self.penalty, model)
-        elbo_loss, log = self.elbo(losses, model)
-        value = self._penalty_fn(model)
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return self.elbo.parameters()
+
+    def __call__(self, terms: SourceTerms) -> tuple[torch.Tensor, dict[str, float]]:
+        elbo_loss, log = self.elbo(terms)
+        value = self._penalty_fn(terms)
         lam = self.lambda_
         total = elbo_loss + lam * (value - self.epsilon)
         c = float(value.detach())
@@ -459,14 +468,20 @@ class Constrained(Objective):
         else:
             rho = self.moving_average
             c_used = rho * self.constraint_average + (1.0 - rho) * c
-        self.constraint_average = c_used
         log = dict(log)
         log[self._key("penalty")] = c
         log[self._key("constraint_value")] = c_used
         log[self._key("lambda")] = lam
         log[self._key("constraint_satisfied")] = float(c_used <= self.epsilon)
-        self._dual_step(c_used)
         return total, log
+
+    def after_step(self, log: Mapping[str, float]) -> None:
+        """Dual ascent on the multiplier with the step's constraint value (and the moving
+        average's update), then the ``elbo`` objective's own ``after_step``."""
+        self.elbo.after_step(log)
+        c_used = log[self._key("constraint_value")]
+        self.constraint_average = c_used
+        self._dual_step(c_used)
 
     @property
     def target(self) -> float:
@@ -502,23 +517,3 @@ class Constrained(Objective):
         self.constraint_average = state.get("constraint_average")
         self.steps = int(state.get("steps", 0))
         self.elbo.load_state_dict(state.get("elbo", {}))
-
-
-def _resolve_penalty(penalty, model):
-    """A callable ``model -> Tensor`` from a name or a callable; asks the model to record
-    what the penalty needs (q(t | x) of background cells, unless the named penalty does not
-    use it)."""
-    needs_background_salient = not isinstance(penalty, str) or penalty in (
-        "wasserstein_to_zero",
-        "mmd_salient",
-    )
-    if needs_background_salient and hasattr(model, "track_background_salient"):
-        model.track_background_salient = True
-    if callable(penalty):
-        return penalty
-    from . import penalties as _penalties
-
-    fn = _penalties.PENALTIES.get(penalty)
-    if fn is None:
-        raise ValueError(f"unknown penalty {penalty!r}; use one of {sorted(_penalties.PENALTIES)}.")
-    return fn

@@ -3,8 +3,9 @@ r"""Leakage penalties for comparative models.
 A contrastive model splits each cell's representation into a background latent ``z``
 (shared by all sources) and a salient latent ``t`` (target-specific). Nothing in the
 ELBO alone forbids information from *leaking* across the blocks; the penalties below
-measure the two leakage directions on the current minibatch, from the guide's outputs
-(``model.guide_outputs``, recorded by the guide at each call), and are differentiable
+measure the two leakage directions on the current minibatch, from the guide's trace of
+that step (sites tagged by source and role, see :mod:`pyro_compare.infer.handlers`), and
+are differentiable
 so that the objectives of :mod:`pyro_compare.infer.objectives` can use them:
 
 * salient latent of background cells should be 0 (the model has :math:`t_n = 0` there):
@@ -20,7 +21,8 @@ floor near :math:`2 \bar k / B` for a batch of size :math:`B`, so a constraint
 ``penalty <= epsilon`` with a smaller epsilon could never be met and its multiplier would
 grow without bound.) A U-statistic can be slightly negative on a minibatch.
 
-:data:`PENALTIES` maps names to callables ``penalty(model) -> Tensor`` (a scalar) used by
+:data:`PENALTIES` maps names to callables ``penalty(terms) -> Tensor`` (a scalar, ``terms``
+the step's :class:`~pyro_compare.infer.elbo.SourceTerms`) used by
 :class:`~pyro_compare.infer.objectives.Sum` and
 :class:`~pyro_compare.infer.objectives.Constrained`; their units are those of the
 estimator, averaged over the minibatch's cells (not multiplied by the number of cells).
@@ -37,8 +39,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from pyro import poutine
+
+from ..data.sources import BACKGROUND, TARGET
+from .elbo import SourceTerms
 
 __all__ = [
+    "Penalty",
+    "resolve_penalty",
     "PENALTIES",
     "evaluate_penalty",
     "hsic",
@@ -205,32 +213,48 @@ def hsic(
 # --------------------------------------------------------------------------- model penalties
 
 
-def _record(model, source: str, key: str) -> torch.Tensor:
-    outputs = getattr(model, "guide_outputs", None) or {}
-    rec = outputs.get(source)
-    if rec is None or key not in rec:
-        hint = (
-            " Set model.track_background_salient = True (the objectives do it in setup())."
-            if source == "background" and key.startswith("t_")
-            else ""
-        )
-        raise KeyError(
-            f"the model's guide did not record {key!r} for source {source!r} in "
-            f"model.guide_outputs (has: { {s: sorted(r) for s, r in outputs.items()} }); run "
-            f"the guide on a batch holding that source first.{hint}"
-        )
-    return rec[key]
+def _guide_normal(terms: SourceTerms, name: str, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Location and scale of the guide's Normal sites ``name_<source>`` of ``role``,
+    flattened to (cells, dims) over sources and particles."""
+    locs, scales = [], []
+    for site in terms.guide_sites(name, role):
+        fn = site["fn"]
+        while not hasattr(fn, "loc") and hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        d = site["value"].shape[-1]
+        locs.append(fn.loc.reshape(-1, d))
+        scales.append(fn.scale.expand_as(fn.loc).reshape(-1, d))
+    if not locs:
+        raise _missing(terms, name, role)
+    return torch.cat(locs), torch.cat(scales)
 
 
-def wasserstein_to_zero_penalty(model) -> torch.Tensor:
-    r""":func:`wasserstein_to_zero` of q(t | x) of the minibatch's background cells."""
+def _guide_values(terms: SourceTerms, name: str, role: str) -> torch.Tensor:
+    value = terms.guide_values(name, role)
+    if value is None:
+        raise _missing(terms, name, role)
+    return value
+
+
+def _missing(terms: SourceTerms, name: str, role: str) -> KeyError:
+    have = sorted({n for _, g in terms.traces for n, s in g.nodes.items() if s["type"] == "sample"})
+    return KeyError(
+        f"the guide trace has no site {name!r}_<source> for {role!r} cells (guide sites: "
+        f"{have}). This penalty needs a contrastive model (ContrastiveVAE) and a batch "
+        f"holding {role} cells."
+    )
+
+
+def wasserstein_to_zero_penalty(terms: SourceTerms) -> torch.Tensor:
+    r""":func:`wasserstein_to_zero` of q(t | x) of the minibatch's background cells (read from
+    the guide's ``t_loc_<source>`` / ``t_scale_<source>`` sites)."""
     return wasserstein_to_zero(
-        _record(model, "background", "t_loc"), _record(model, "background", "t_scale")
+        _guide_values(terms, "t_loc", BACKGROUND), _guide_values(terms, "t_scale", BACKGROUND)
     )
 
 
 def mmd_background_penalty(
-    model, key: str = "z_loc", bandwidths: Sequence[float] | None = None
+    terms: SourceTerms, key: str = "z_loc", bandwidths: Sequence[float] | None = None
 ) -> torch.Tensor:
     r""":func:`mmd` between the background latents of background and of target cells.
 
@@ -238,17 +262,24 @@ def mmd_background_penalty(
     ``key="z"`` compares posterior samples (aggregate posteriors, noisier). Bandwidths by
     the median heuristic, so the value does not change with a rescaling of the latent.
     """
-    return mmd(_record(model, "background", key), _record(model, "target", key), bandwidths)
+    if key == "z_loc":
+        x = _guide_normal(terms, "z", BACKGROUND)[0]
+        y = _guide_normal(terms, "z", TARGET)[0]
+    else:
+        x, y = _guide_values(terms, "z", BACKGROUND), _guide_values(terms, "z", TARGET)
+    return mmd(x, y, bandwidths)
 
 
-def mmd_salient_penalty(model, bandwidths: Sequence[float] | None = None) -> torch.Tensor:
+def mmd_salient_penalty(
+    terms: SourceTerms, bandwidths: Sequence[float] | None = None
+) -> torch.Tensor:
     r""":func:`mmd` between posterior samples of t for background cells and the point mass 0.
 
     Fixed squared bandwidths :math:`h^2 \in d_t \cdot (1/4, 1, 4)` (the prior's
     :math:`\mathbb{E}\lVert t - t' \rVert^2 = 2 d_t`) unless given.
     """
-    loc = _record(model, "background", "t_loc")
-    scale = _record(model, "background", "t_scale")
+    loc = _guide_values(terms, "t_loc", BACKGROUND)
+    scale = _guide_values(terms, "t_scale", BACKGROUND)
     t_nd = loc + scale * torch.randn_like(loc)
     if bandwidths is None:
         d_t = t_nd.shape[-1]
@@ -256,17 +287,22 @@ def mmd_salient_penalty(model, bandwidths: Sequence[float] | None = None) -> tor
     return mmd(t_nd, torch.zeros_like(t_nd), bandwidths)
 
 
-def hsic_penalty(model, key: str = "loc") -> torch.Tensor:
+def hsic_penalty(terms: SourceTerms, key: str = "loc") -> torch.Tensor:
     r""":func:`hsic` between background and salient latents of the minibatch's target cells
     (posterior means by default; ``key=""`` for posterior samples)."""
-    z = _record(model, "target", f"z_{key}" if key else "z")
-    t = _record(model, "target", f"t_{key}" if key else "t")
+    if key:
+        z, t = _guide_normal(terms, "z", TARGET)[0], _guide_normal(terms, "t", TARGET)[0]
+    else:
+        z, t = _guide_values(terms, "z", TARGET), _guide_values(terms, "t", TARGET)
     return hsic(z, t)
 
 
-#: Named penalties, ``penalty(model) -> Tensor``, for ``Sum(penalty=...)`` and
-#: ``Constrained(penalty=...)``.
-PENALTIES: dict[str, Callable[[torch.nn.Module], torch.Tensor]] = {
+#: A penalty maps one step's :class:`~pyro_compare.infer.elbo.SourceTerms` (losses and
+#: traces) to a scalar tensor.
+Penalty = Callable[[SourceTerms], torch.Tensor]
+
+#: Named penalties for ``Sum(penalty=...)`` and ``Constrained(penalty=...)``.
+PENALTIES: dict[str, Penalty] = {
     "wasserstein_to_zero": wasserstein_to_zero_penalty,
     "mmd": mmd_background_penalty,
     "mmd_salient": mmd_salient_penalty,
@@ -274,34 +310,39 @@ PENALTIES: dict[str, Callable[[torch.nn.Module], torch.Tensor]] = {
 }
 
 
+def resolve_penalty(penalty: str | Penalty) -> Penalty:
+    """A penalty callable from its name in :data:`PENALTIES` or a callable."""
+    if callable(penalty):
+        return penalty
+    fn = PENALTIES.get(penalty)
+    if fn is None:
+        raise ValueError(f"unknown penalty {penalty!r}; use one of {sorted(PENALTIES)}.")
+    return fn
+
+
 @torch.no_grad()
 def evaluate_penalty(
     model,
     data,
-    penalty: str | Callable[[torch.nn.Module], torch.Tensor],
+    penalty: str | Penalty,
     split: str | None = None,
     batch_size: int = 128,
     seed: int = 0,
 ) -> float:
     """Average of a penalty over the minibatches of one pass through ``data`` (no gradients).
 
-    Uses the same minibatch construction as training (both sources in each batch), so the
+    Uses the same minibatch construction as training (every source in each batch), so the
     value is comparable to the ``epsilon`` of a :class:`~.objectives.Constrained` fit. The
-    guide is run in eval mode (``model.guide(**batch)``), recording what the penalty needs.
+    guide is traced in eval mode and the penalty reads that trace.
     """
-    fn = PENALTIES[penalty] if isinstance(penalty, str) else penalty
-    flag = getattr(model, "track_background_salient", None)
-    if flag is not None:
-        model.track_background_salient = True
+    fn = resolve_penalty(penalty)
     was_training = model.training
     model.eval()
     values = []
     try:
         for batch in data.loader(batch_size, shuffle=True, split=split, seed=seed):
-            model.guide(**batch)
-            values.append(float(fn(model)))
+            guide_trace = poutine.trace(model.guide).get_trace(batch)
+            values.append(float(fn(SourceTerms({}, [(None, guide_trace)]))))
     finally:
         model.train(was_training)
-        if flag is not None:
-            model.track_background_salient = flag
     return float(sum(values) / len(values))

@@ -13,8 +13,9 @@ __all__ = [
 ]
 
 # Perturbation models (control cells vs many perturbations).
+from ..nn.distributions import StraightThroughBernoulli
 from .baselines import AdditiveShiftVAE, ConditionalVAE
-from .perturbation_base import PerturbationVAE, StraightThroughBernoulli
+from .perturbation_base import PerturbationVAE
 from .sams import SAMSVAE
 from .sparse_shift import SparseShiftVAE
 

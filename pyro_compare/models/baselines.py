@@ -33,6 +33,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from ..nn.mlp import cat_broadcast
 from .perturbation_base import PerturbationVAE
 
 __all__ = ["AdditiveShiftVAE", "ConditionalVAE"]
@@ -144,4 +145,4 @@ class ConditionalVAE(PerturbationVAE):
         return self.encoder(x_ng, design_nk)
 
     def decoder_input(self, z_nd: torch.Tensor, design_nk: torch.Tensor) -> torch.Tensor:
-        return torch.cat([z_nd, design_nk.expand(*z_nd.shape[:-1], -1)], dim=-1)
+        return cat_broadcast(z_nd, design_nk)

@@ -11,9 +11,16 @@ Generative process (Lopez et al. 2024; contrastiveVI-like), for cell n with coun
     x_n &\sim NB\big(l_n\, \mathrm{softmax}(f([z_n, t_n])),\ \theta\big)
 
 with :math:`f` a ReLU MLP (piecewise affine: the identifiable case) and gene-wise inverse
-dispersion :math:`\theta_g`. Cells of each source live under their own plate,
-``pyro.plate("background", N_b)`` and ``pyro.plate("target", N_t)``, with minibatch
+dispersion :math:`\theta_g`. Cells of each source live under their own plate
+(``pyro.plate("background", N_b)``, ``pyro.plate("target", N_t)``) with minibatch
 subsampling, so the ELBO splits by source (:class:`pyro_compare.infer.SourceTrace_ELBO`).
+
+Several target sources (``ComparativeData.from_anndata(..., targets="separate")``, e.g.
+control + IFN-beta + LPS) share the background latent, the salient latent space and the
+decoder: each target source has its own plate (and ELBO term), every target cell gets
+:math:`t_n \sim N(0, I)`, and what distinguishes the targets is learnt inside the salient
+space (one salient space keeps the parameter count fixed and lets related targets share
+directions).
 
 Guide: amortised :math:`q(z_n \mid x_n)` for every cell and :math:`q(t_n \mid x_n)` for
 target cells (diagonal Normals from ReLU encoders).
@@ -27,6 +34,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from ..data.sources import BACKGROUND, SourceBatch
 from ..nn.decoders import COUNT_LIKELIHOODS, ObservationDecoder
 from ..nn.encoders import GaussianEncoder
 from .base import ComparativeModel
@@ -75,9 +83,6 @@ class ContrastiveVAE(ComparativeModel):
         self.decoder = ObservationDecoder(
             n_background_latent + n_salient_latent, n_features, hidden, likelihood
         )
-        #: When True the guide also records q(t | x) for background cells (not a sample
-        #: site: t = 0 there in the model), which the leakage penalties need.
-        self.track_background_salient = False
         self._finish_init(locals())
 
     # ------------------------------------------------------------------ generative story
@@ -99,88 +104,40 @@ class ContrastiveVAE(ComparativeModel):
         """Decoder mean as a function of the concatenated latent ``[z, t]`` (for geometry)."""
         return self.decoder.mean(zt, library_n)
 
-    def model(
-        self,
-        x_background: torch.Tensor | None = None,
-        x_target: torch.Tensor | None = None,
-        library_background: torch.Tensor | None = None,
-        library_target: torch.Tensor | None = None,
-        index_background: torch.Tensor | None = None,
-        index_target: torch.Tensor | None = None,
-        n_background: int | None = None,
-        n_target: int | None = None,
-        design_background: torch.Tensor | None = None,
-        design_target: torch.Tensor | None = None,
-    ) -> None:
-        """Generative model; ``design_*`` are accepted (shared batch signature) and ignored."""
-        if x_background is not None and x_background.shape[0] > 0:
-            n = self._plate_size(n_background, x_background, index_background)
-            with pyro.plate("background", n, subsample=index_background) as idx:
-                m = len(idx)
-                z = pyro.sample("z_background", self.z_dist(m).to_event(1))
-                t = z.new_zeros(z.shape[:-1] + (self.n_salient_latent,))
-                pyro.sample(
-                    "x_background",
-                    self.x_dist(z, t, library_background).to_event(1),
-                    obs=x_background,
-                )
-        if x_target is not None and x_target.shape[0] > 0:
-            n = self._plate_size(n_target, x_target, index_target)
-            with pyro.plate("target", n, subsample=index_target) as idx:
-                m = len(idx)
-                z = pyro.sample("z_target", self.z_dist(m).to_event(1))
-                t = pyro.sample("t_target", self.t_dist(m).to_event(1))
-                pyro.sample("x_target", self.x_dist(z, t, library_target).to_event(1), obs=x_target)
+    def model_source(self, name, src, globals_, obs) -> None:
+        """One source's cells: ``z ~ N(0, I)``; ``t = 0`` for the background role and
+        ``t ~ N(0, I)`` for target sources; ``x ~ p(x | z, t, l)``."""
+        z = pyro.sample(f"z_{name}", self.z_dist(src.size).to_event(1))
+        if src.role == BACKGROUND:
+            t = z.new_zeros(z.shape[:-1] + (self.n_salient_latent,))
+        else:
+            t = pyro.sample(f"t_{name}", self.t_dist(src.size).to_event(1))
+        pyro.sample(f"x_{name}", self.x_dist(z, t, src.library_n).to_event(1), obs=obs)
 
-    def guide(
-        self,
-        x_background: torch.Tensor | None = None,
-        x_target: torch.Tensor | None = None,
-        library_background: torch.Tensor | None = None,
-        library_target: torch.Tensor | None = None,
-        index_background: torch.Tensor | None = None,
-        index_target: torch.Tensor | None = None,
-        n_background: int | None = None,
-        n_target: int | None = None,
-        design_background: torch.Tensor | None = None,
-        design_target: torch.Tensor | None = None,
-    ) -> None:
-        """Amortised mean-field guide q(z|x) q(t|x); records its outputs in ``guide_outputs``."""
-        outputs: dict[str, dict[str, torch.Tensor]] = {}
-        if x_background is not None and x_background.shape[0] > 0:
-            n = self._plate_size(n_background, x_background, index_background)
-            with pyro.plate("background", n, subsample=index_background):
-                z_loc, z_scale = self.background_encoder(x_background)
-                z = pyro.sample("z_background", dist.Normal(z_loc, z_scale).to_event(1))
-            rec = {"z_loc": z_loc, "z_scale": z_scale, "z": z}
-            if self.track_background_salient:
-                rec["t_loc"], rec["t_scale"] = self.salient_encoder(x_background)
-            outputs["background"] = rec
-        if x_target is not None and x_target.shape[0] > 0:
-            n = self._plate_size(n_target, x_target, index_target)
-            with pyro.plate("target", n, subsample=index_target):
-                z_loc, z_scale = self.background_encoder(x_target)
-                t_loc, t_scale = self.salient_encoder(x_target)
-                z = pyro.sample("z_target", dist.Normal(z_loc, z_scale).to_event(1))
-                t = pyro.sample("t_target", dist.Normal(t_loc, t_scale).to_event(1))
-            outputs["target"] = {
-                "z_loc": z_loc,
-                "z_scale": z_scale,
-                "z": z,
-                "t_loc": t_loc,
-                "t_scale": t_scale,
-                "t": t,
-            }
-        self.guide_outputs = outputs
+    def guide_source(self, name, src, globals_) -> None:
+        """Amortised mean-field guide q(z | x) q(t | x).
+
+        For background cells ``t`` is not a latent (it is 0 in the model); the salient
+        posterior there is still recorded, as ``pyro.deterministic`` sites ``t_loc_<name>`` /
+        ``t_scale_<name>``, for the leakage penalties (they read it from the guide trace).
+        """
+        z_loc, z_scale = self.background_encoder(src.x_ng)
+        t_loc, t_scale = self.salient_encoder(src.x_ng)
+        pyro.sample(f"z_{name}", dist.Normal(z_loc, z_scale).to_event(1))
+        if src.role == BACKGROUND:
+            pyro.deterministic(f"t_loc_{name}", t_loc, event_dim=1)
+            pyro.deterministic(f"t_scale_{name}", t_scale, event_dim=1)
+        else:
+            pyro.sample(f"t_{name}", dist.Normal(t_loc, t_scale).to_event(1))
 
     # ------------------------------------------------------------------ helpers
-    def encode(self, kind: str, batch: dict, source: str, sample: bool = False) -> torch.Tensor:
+    def encode(self, kind: str, src: SourceBatch, sample: bool = False) -> torch.Tensor:
         """Posterior mean (or a sample) of ``z`` (``"background"``) or ``t`` (``"salient"``).
 
         The salient encoder is applied to every cell, background cells included, as in
         contrastiveVI: a well-fitted model gives background cells salient codes near 0.
         """
-        x = batch[f"x_{source}"]
+        x = src.x_ng
         encoder = self.background_encoder if kind == "background" else self.salient_encoder
         loc, scale = encoder(x)
         if sample:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.comparative import ComparativeData
+from ..data.sources import SourceBatch
 from ..data.validation import DataValidationError, check_matrix_values, get_matrix
 from ..nn.decoders import COUNT_LIKELIHOODS, ObservationDecoder
 from ..nn.encoders import GaussianEncoder
@@ -195,72 +196,21 @@ class MixturePriorVAE(ComparativeModel):
         """Decoder mean as a function of ``z`` (for geometry)."""
         return self.decoder.mean(z_nd, library_n)
 
-    def _source_model(self, source: str, x, library, index, n) -> None:
-        if x is None or x.shape[0] == 0:
-            return
-        size = self._plate_size(n, x, index)
-        with pyro.plate(source, size, subsample=index) as idx:
-            z = pyro.sample(f"z_{source}", self.z_dist(len(idx)))
-            pyro.sample(f"x_{source}", self.x_dist(z, library).to_event(1), obs=x)
+    def model_source(self, name, src, globals_, obs) -> None:
+        """Every source's cells: ``z ~ p(z)`` (the mixture prior), ``x ~ p(x | z, l)``."""
+        z = pyro.sample(f"z_{name}", self.z_dist(src.size))
+        pyro.sample(f"x_{name}", self.x_dist(z, src.library_n).to_event(1), obs=obs)
 
-    def model(
-        self,
-        x_background: torch.Tensor | None = None,
-        x_target: torch.Tensor | None = None,
-        library_background: torch.Tensor | None = None,
-        library_target: torch.Tensor | None = None,
-        index_background: torch.Tensor | None = None,
-        index_target: torch.Tensor | None = None,
-        n_background: int | None = None,
-        n_target: int | None = None,
-        design_background: torch.Tensor | None = None,
-        design_target: torch.Tensor | None = None,
-    ) -> None:
-        """Generative model: the same mixture prior under both source plates (``design_*``
-        are accepted for the shared batch signature and ignored)."""
-        self._source_model(
-            "background", x_background, library_background, index_background, n_background
-        )
-        self._source_model("target", x_target, library_target, index_target, n_target)
-
-    def _source_guide(self, source: str, x, index, n) -> dict[str, torch.Tensor] | None:
-        if x is None or x.shape[0] == 0:
-            return None
-        size = self._plate_size(n, x, index)
-        with pyro.plate(source, size, subsample=index):
-            z_loc, z_scale = self.encoder(x)
-            z = pyro.sample(f"z_{source}", dist.Normal(z_loc, z_scale).to_event(1))
-        return {"z_loc": z_loc, "z_scale": z_scale, "z": z}
-
-    def guide(
-        self,
-        x_background: torch.Tensor | None = None,
-        x_target: torch.Tensor | None = None,
-        library_background: torch.Tensor | None = None,
-        library_target: torch.Tensor | None = None,
-        index_background: torch.Tensor | None = None,
-        index_target: torch.Tensor | None = None,
-        n_background: int | None = None,
-        n_target: int | None = None,
-        design_background: torch.Tensor | None = None,
-        design_target: torch.Tensor | None = None,
-    ) -> None:
-        """Amortised guide q(z | x) (diagonal Normal); records outputs in ``guide_outputs``."""
-        outputs = {}
-        for source, x, index, n in (
-            ("background", x_background, index_background, n_background),
-            ("target", x_target, index_target, n_target),
-        ):
-            rec = self._source_guide(source, x, index, n)
-            if rec is not None:
-                outputs[source] = rec
-        self.guide_outputs = outputs
+    def guide_source(self, name, src, globals_) -> None:
+        """Amortised guide q(z | x) (diagonal Normal)."""
+        z_loc, z_scale = self.encoder(src.x_ng)
+        pyro.sample(f"z_{name}", dist.Normal(z_loc, z_scale).to_event(1))
 
     # ------------------------------------------------------------------ helpers
-    def encode(self, kind: str, batch: dict, source: str, sample: bool = False) -> torch.Tensor:
+    def encode(self, kind: str, src: SourceBatch, sample: bool = False) -> torch.Tensor:
         """Posterior mean (or a sample) of ``z`` (``"latent"``), or the component
         responsibilities :math:`p(c = k \\mid z)` at that point (``"responsibilities"``)."""
-        loc, scale = self.encoder(batch[f"x_{source}"])
+        loc, scale = self.encoder(src.x_ng)
         z = loc + scale * torch.randn_like(loc) if sample else loc
         if kind == "responsibilities":
             return self.responsibilities_of(z)

@@ -37,7 +37,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from .perturbation_base import PerturbationVAE, StraightThroughBernoulli
+from ..nn.distributions import StraightThroughBernoulli
+from .perturbation_base import PerturbationVAE
 
 __all__ = ["SAMSVAE"]
 

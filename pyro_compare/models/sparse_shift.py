@@ -30,7 +30,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-from .perturbation_base import PerturbationVAE, StraightThroughBernoulli
+from ..nn.distributions import StraightThroughBernoulli
+from .perturbation_base import PerturbationVAE
 
 __all__ = ["SparseShiftVAE"]
 
@@ -100,7 +101,9 @@ class SparseShiftVAE(PerturbationVAE):
         a, b = self.sparsity_prior
         rate = pyro.sample("rate", dist.Beta(torch.full((d,), a), torch.full((d,), b)).to_event(1))
         with pyro.plate("perturbation", k):
-            mask = pyro.sample("mask", dist.Bernoulli(probs=rate.expand(k, d)).to_event(1))
+            # rate is (d,), or (particles, 1, d) under vectorised particles: the plate
+            # broadcasts it over the K perturbations.
+            mask = pyro.sample("mask", dist.Bernoulli(probs=rate.unsqueeze(-2)).to_event(1))
         return {"rate": rate, "mask": mask}
 
     def guide_globals(self) -> dict[str, torch.Tensor]:

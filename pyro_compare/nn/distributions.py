@@ -20,8 +20,13 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions.util import broadcast_shape
+from torch.distributions import constraints
+from torch.distributions.utils import clamp_probs
 
-__all__ = ["SparseNegativeBinomial", "nb_log_prob"]
+__all__ = ["SparseNegativeBinomial", "StraightThroughBernoulli", "nb_log_prob"]
+
+_NO_SHAPE = torch.Size()
 
 
 def nb_log_prob(x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -49,3 +54,72 @@ class SparseNegativeBinomial(dist.NegativeBinomial):
         if self._validate_args:
             self._validate_sample(value)
         return nb_log_prob(value, self.total_count, self.logits)
+
+
+class StraightThroughBernoulli(dist.TorchDistribution):
+    r"""Bernoulli with a relaxed straight-through reparameterisation.
+
+    ``rsample`` returns exact Bernoulli(sigmoid(logits)) samples in the forward pass,
+    :math:`m = \mathbb{1}[\mathrm{logits} + \log u - \log(1-u) > 0]`, with the gradient of the
+    relaxed (binary Concrete) sample
+    :math:`\tilde m = \sigma((\mathrm{logits} + \log u - \log(1-u)) / \tau)`:
+    ``m + (m_relaxed - m_relaxed.detach())``.
+
+    ``log_prob`` is the Bernoulli log-mass of the (hard) value, so the ELBO is the one of the
+    discrete model, unlike :class:`pyro.distributions.RelaxedBernoulliStraightThrough` whose
+    ``log_prob`` is the Concrete density of the relaxed sample.
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.boolean
+    has_rsample = True
+
+    def __init__(
+        self, logits: torch.Tensor, temperature: float = 0.5, validate_args: bool | None = None
+    ) -> None:
+        self.logits = logits
+        self.temperature = float(temperature)
+        super().__init__(logits.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StraightThroughBernoulli, _instance)
+        new.logits = self.logits.expand(torch.Size(batch_shape))
+        new.temperature = self.temperature
+        super(StraightThroughBernoulli, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.probs * (1 - self.probs)
+
+    def rsample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        u = clamp_probs(torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device))
+        noisy = self.logits.expand(shape) + u.log() - (-u).log1p()
+        soft = torch.sigmoid(noisy / self.temperature)
+        hard = (noisy > 0).to(soft.dtype)
+        return hard + (soft - soft.detach())
+
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value.detach())
+        shape = broadcast_shape(self.logits.shape, value.shape)
+        return -F.binary_cross_entropy_with_logits(
+            self.logits.expand(shape), value.expand(shape), reduction="none"
+        )
+
+    def entropy(self) -> torch.Tensor:
+        return dist.Bernoulli(logits=self.logits).entropy()

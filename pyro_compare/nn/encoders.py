@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import MLP
+from .mlp import MLP, cat_broadcast
 
 __all__ = ["GaussianEncoder"]
 
@@ -44,6 +44,6 @@ class GaussianEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.log1p(x_ng) if self.log_input else x_ng
         if context_nc is not None:
-            h = torch.cat([h, context_nc], dim=-1)
+            h = cat_broadcast(h, context_nc)
         loc_nd, raw_nd = self.net(h).split(self.n_latent, dim=-1)
         return loc_nd, F.softplus(raw_nd) + self.min_scale

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "cat_broadcast"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "softplus": nn.Softplus}
 
@@ -49,3 +49,11 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - nn.Sequential
         return super().forward(x)
+
+
+def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the last dimension after broadcasting the leading (batch) ones,
+    e.g. ``x_ng`` (cells, genes) with a shift ``(particles, cells, d)`` under vectorised
+    ELBO particles."""
+    batch = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*batch, t.shape[-1]) for t in tensors], dim=-1)
