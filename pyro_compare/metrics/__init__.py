@@ -1,15 +1,16 @@
 """Evaluation: identifiability (MCC, affine / block R2), geometry, perturbation metrics."""
 
+from typing import Any
+
 from .geometry import (
     DistanceStability,
     GeodesicResult,
-    LatentDecoder,
     curve_energy,
     curve_length,
     distance_matrix,
     distance_stability,
+    fisher_embedding,
     geodesic,
-    latent_decoder,
     pairwise_distances,
     pullback_metric,
 )
@@ -24,7 +25,6 @@ from .identifiability import (
 
 # Perturbation models: IWELBO, ATE agreement, mask recovery, posterior predictive checks.
 from .perturbation import (
-    PerPerturbationLogger,
     ate_agreement,
     average_treatment_effect,
     iwelbo,
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 __all__ += [
-    "PerPerturbationLogger",
     "ate_agreement",
     "average_treatment_effect",
     "iwelbo",
@@ -69,8 +68,19 @@ __all__ += [
     "curve_length",
     "distance_matrix",
     "distance_stability",
+    "fisher_embedding",
     "geodesic",
     "latent_decoder",
     "pairwise_distances",
     "pullback_metric",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # LatentDecoder / latent_decoder live in pyro_compare.models.latent_decoder, which
+    # imports pyro_compare.metrics.geometry: resolved on first access (no import cycle).
+    if name in ("LatentDecoder", "latent_decoder"):
+        from . import geometry
+
+        return getattr(geometry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

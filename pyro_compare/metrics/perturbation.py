@@ -9,8 +9,8 @@ r"""Evaluation of perturbation models (the SAMS-VAE framework).
   dimensions matched by MCC matching.
 * :func:`posterior_predictive_check`: observed vs replicated per-gene mean, variance and
   zero fraction.
-* :func:`per_perturbation_loss` and the :class:`PerPerturbationLogger` objective wrapper: the
-  loss broken down by perturbation (logged, not optimised separately).
+* :func:`per_perturbation_loss`: the loss broken down by perturbation (during training:
+  the callback :class:`pyro_compare.infer.PerPerturbationLogger`).
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ import pyro
 import scipy.sparse as sp
 import torch
 from pyro import poutine
-from sklearn.metrics import f1_score, roc_auc_score
 
 from ..data.comparative import SOURCES, ComparativeData
-from ..data.splits import canonical_label, labels_from_design, perturbation_labels
-from ..infer.objectives import Objective, Sum
+from ..data.splits import canonical_label, perturbation_labels
+from ..infer.handlers import site_tag
 from .identifiability import mcc_matching
 
 __all__ = [
-    "PerPerturbationLogger",
     "ate_agreement",
     "average_treatment_effect",
     "iwelbo",
@@ -43,6 +41,7 @@ __all__ = [
     "observed_average_treatment_effect",
     "per_perturbation_loss",
     "posterior_predictive_check",
+    "ppc_statistics",
     "ppc_summary",
 ]
 
@@ -62,20 +61,18 @@ def _split_batches(
     data: ComparativeData, split: str | None, batch_size: int
 ) -> list[tuple[str, dict]]:
     """One-source batches covering every cell of ``split`` (plate sizes = split sizes)."""
-    idx = data.indices(split)
-    sizes = {s: max(len(i), 1) for s, i in idx.items()}
-    out = []
-    for s in SOURCES:
-        for start in range(0, len(idx[s]), batch_size):
-            rows = {t: np.empty(0, dtype=np.int64) for t in SOURCES}
-            rows[s] = idx[s][start : start + batch_size]
-            out.append((s, data.batch(rows, sizes)))
-    return out
+    return [
+        (s, batch)
+        for s in data.source_names
+        for batch in data.source_loader(s, batch_size, split=split)
+    ]
 
 
 def _site_plate_dim(site: dict, sources: Sequence[str]) -> tuple[str, int] | None:
+    """The source plate of a site (its source tag, else a plate named in ``sources``)."""
+    tag = site_tag(site)
     for frame in site["cond_indep_stack"]:
-        if frame.name in sources:
+        if frame.name == tag or (tag is None and frame.name in sources):
             return frame.name, frame.dim
     return None
 
@@ -120,15 +117,17 @@ def iwelbo_per_cell(
 
     a lower bound of the held-out log-likelihood under the fitted posterior of the globals,
     tightening as :math:`S` grows (and equal to it for an exact local posterior). Local sites
-    are those under a source plate (``"background"``/``"target"``); their log densities are
+    are those under a source plate (tagged by source, or a plate named in ``sources``); their
+    log densities are
     taken *unscaled* (no minibatch scale), one value per cell.
 
     Parameters
     ----------
     model, guide
-        A Pyro model/guide pair taking the batch keywords (``model.model, model.guide``).
+        A Pyro model/guide pair taking a batch ``{source: SourceBatch}``
+        (``model.model, model.guide``).
     data
-        A :class:`ComparativeData` (cells of ``split``) or one batch dict.
+        A :class:`ComparativeData` (cells of ``split``) or one batch.
     num_particles
         :math:`S`.
 
@@ -136,7 +135,7 @@ def iwelbo_per_cell(
     -------
     numpy.ndarray
         With ``ComparativeData``: shape (n_cells,), NaN for cells outside ``split``. With a
-        batch dict: the concatenation over ``sources`` of that batch's cells.
+        batch: the concatenation over the batch's sources of their cells.
     """
     if num_particles < 1:
         raise ValueError("num_particles must be >= 1.")
@@ -149,10 +148,10 @@ def iwelbo_per_cell(
             result = np.full(data.n_cells, np.nan)
             for s, batch in _split_batches(data, split, batch_size):
                 values = _iwelbo_batch(model, guide, batch, num_particles, sources)
-                result[batch[f"index_{s}"].numpy()] = values[s]
+                result[batch[s].index_n.numpy()] = values[s]
             return result
-        values = _iwelbo_batch(model, guide, dict(data), num_particles, sources)
-        return np.concatenate([values[s] for s in sources if s in values])
+        values = _iwelbo_batch(model, guide, data, num_particles, sources)
+        return np.concatenate([values[s] for s in data if s in values])
     finally:
         if owner is not None and was_training:
             owner.train()
@@ -162,8 +161,8 @@ def _iwelbo_batch(model, guide, batch, num_particles, sources) -> dict[str, np.n
     log_w: dict[str, list[torch.Tensor]] = {}
     with pyro.validation_enabled(False):
         for _ in range(num_particles):
-            guide_tr = poutine.trace(guide).get_trace(**batch)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(**batch)
+            guide_tr = poutine.trace(guide).get_trace(batch)
+            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(batch)
             lp = _per_cell_log_prob(model_tr, sources)
             lq = _per_cell_log_prob(guide_tr, sources)
             for s, v in lp.items():
@@ -213,85 +212,6 @@ def per_perturbation_loss(
     out.columns = ["n_cells", "loss"]
     order = [data.background] + sorted(i for i in out.index if i != data.background)
     return out.loc[[o for o in order if o in out.index]]
-
-
-class PerPerturbationLogger(Objective):
-    """Objective wrapper that logs the loss of each perturbation label at every step.
-
-    The perturbation models record, per source, the detached per-cell
-    :math:`\\log p(x_n, z_n \\mid G)` (``model.model_outputs``) and
-    :math:`\\log q(z_n \\mid \\cdot)` (``model.guide_outputs``) of the step's trace; this wrapper
-    groups :math:`\\log q - \\log p` (the per-cell negative local ELBO) by design row and adds
-    ``loss_<label>`` entries to the log (thus to :func:`~pyro_compare.infer.fit`'s history).
-    The optimised loss is the wrapped objective's, unchanged.
-
-    A label absent from a minibatch repeats its last value, so the epoch averages the fit
-    computes stay meaningful.
-
-
-    Parameters
-    ----------
-    objective
-        The objective to wrap (default :class:`~pyro_compare.infer.Sum`, the plain ELBO).
-    data
-        Gives the perturbation names and the control label (else ``names`` / ``control``).
-    """
-
-    def __init__(
-        self,
-        objective: Objective | None = None,
-        data: ComparativeData | None = None,
-        names: Sequence[str] | None = None,
-        control: str = "control",
-        separator: str = "+",
-    ) -> None:
-        self.objective = objective or Sum()
-        if data is not None:
-            names, control = data.perturbation_names, data.background
-        self.names = list(names) if names is not None else None
-        self.control = control
-        self.separator = separator
-        self._last: dict[str, float] = {}
-
-    def setup(self, model, params) -> None:
-        self.objective.setup(model, params)
-        if self.names is None:
-            k = getattr(model, "n_perturbations", 0)
-            self.names = [f"p{j}" for j in range(k)]
-
-    def parameters(self):
-        return list(getattr(self.objective, "parameters", lambda: [])())
-
-    def after_step(self) -> None:
-        after = getattr(self.objective, "after_step", None)
-        if after is not None:
-            after()
-
-    def __call__(self, losses, model):
-        loss, log = self.objective(losses, model)
-        log = dict(log)
-        q_out = getattr(model, "guide_outputs", {})
-        p_out = getattr(model, "model_outputs", {})
-        for s in SOURCES:
-            if s not in q_out or s not in p_out:
-                continue
-            neg = (q_out[s]["log_q"] - p_out[s]["log_p"]).reshape(-1).cpu().numpy()
-            design = q_out[s]["design"].cpu().numpy()
-            if neg.shape[0] != design.shape[0]:  # vectorised particles: skip
-                continue
-            labels = labels_from_design(design, self.names, self.control, self.separator)
-            for lab in np.unique(labels):
-                self._last[lab] = float(neg[labels == lab].mean())
-        for lab, v in self._last.items():
-            log[f"loss_{lab}"] = v
-        return loss, log
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"objective": self.objective.state_dict(), "last": dict(self._last)}
-
-    def load_state_dict(self, state) -> None:
-        self.objective.load_state_dict(state.get("objective", {}))
-        self._last = dict(state.get("last", {}))
 
 
 # ---------------------------------------------------------------------------- ATE
@@ -513,12 +433,107 @@ def mask_recovery(
         if j >= 0:
             aligned[:, i] = scores_km[:, j]
     y, s = truth_kd.ravel(), aligned.ravel()
+    from sklearn.metrics import f1_score, roc_auc_score  # lazy: slow to import
+
     auroc = float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else float("nan")
     f1 = float(f1_score(y, (s > threshold).astype(int), zero_division=0))
     return {"auroc": auroc, "f1": f1, "mcc": corr, "matching": matching}
 
 
 # ---------------------------------------------------------------------------- PPC
+class _PPCStatistics:
+    """Running per-gene sums of observed and replicated data, for :func:`ppc_statistics`.
+
+    Observed counts :math:`x_{ng}` and S replicates :math:`x^{(s)}_{ng}` are added in blocks
+    of cells; sums, sums of squares and zero counts are kept in float64, so a posterior
+    predictive check over many cells needs one block in memory at a time.
+    """
+
+    def __init__(self, n_features: int, n_samples: int) -> None:
+        self.n = 0
+        self.obs = np.zeros((3, n_features))
+        self.rep = np.zeros((3, n_samples, n_features))
+
+    def add(self, x_ng: np.ndarray, rep_sng: np.ndarray) -> None:
+        self.n += x_ng.shape[0]
+        self.obs += np.stack([x_ng.sum(0), (x_ng**2).sum(0), (x_ng == 0).sum(0)])
+        self.rep += np.stack([rep_sng.sum(1), (rep_sng**2).sum(1), (rep_sng == 0).sum(1)])
+
+    @staticmethod
+    def _stats(sums: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        mean = sums[0] / n
+        return {"mean": mean, "var": np.maximum(sums[1] / n - mean**2, 0.0), "zero": sums[2] / n}
+
+    def result(self, index=None) -> pd.DataFrame:
+        if self.n == 0:
+            raise ValueError("a posterior predictive check needs at least one cell.")
+        obs = self._stats(self.obs, self.n)
+        rep = self._stats(self.rep, self.n)  # each (S, G)
+        out = {}
+        for name in ("mean", "var", "zero"):
+            out[f"observed_{name}"] = obs[name]
+            out[f"predicted_{name}"] = rep[name].mean(0)
+        for name in ("mean", "var", "zero"):
+            out[f"ppp_{name}"] = (rep[name] >= obs[name][None]).mean(0)
+        return pd.DataFrame(out, index=index)
+
+
+def _as_float64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    if sp.issparse(x):
+        return x.toarray().astype(np.float64)
+    return np.asarray(x, dtype=np.float64)
+
+
+def ppc_statistics(observed_ng, replicated_sng, var_names: Sequence[str] | None = None):
+    r"""Per-gene posterior predictive check statistics of observed and replicated data.
+
+    For observed counts :math:`x_{ng}` (N cells) and S replicated data sets
+    :math:`x^{(s)}_{ng}` (e.g. the ``x`` samples of :class:`pyro.infer.Predictive` or of
+    ``model.posterior_predictive``), per gene g:
+
+    .. math::
+
+        \bar x_g = \tfrac1N \sum_n x_{ng}, \quad
+        v_g = \tfrac1N \sum_n (x_{ng} - \bar x_g)^2, \quad
+        z_g = \tfrac1N \sum_n \mathbb 1[x_{ng} = 0],
+
+    and the predicted ones are the same statistics of each replicate, averaged over s.
+    ``ppp_<stat>`` is the posterior predictive p-value :math:`P_s(T(x^{(s)}) \ge T(x))`
+    (near 0 or 1: the model misses that statistic).
+
+    Parameters
+    ----------
+    observed_ng
+        N x G array, tensor or sparse matrix.
+    replicated_sng
+        S x N x G (or N x G for one replicate).
+    var_names
+        Gene names (the index of the result).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per gene: ``observed_mean``, ``predicted_mean``, ``observed_var``,
+        ``predicted_var``, ``observed_zero``, ``predicted_zero`` (fraction of zeros),
+        ``ppp_mean``, ``ppp_var``, ``ppp_zero``.
+    """
+    x_ng = _as_float64(observed_ng)
+    rep_sng = _as_float64(replicated_sng)
+    if rep_sng.ndim == 2:
+        rep_sng = rep_sng[None]
+    if x_ng.ndim != 2 or rep_sng.shape[1:] != x_ng.shape:
+        raise ValueError(
+            f"replicated data have shape {rep_sng.shape}; expected (S, {x_ng.shape[0]}, "
+            f"{x_ng.shape[-1]}) to match the observed {x_ng.shape}."
+        )
+    acc = _PPCStatistics(x_ng.shape[1], rep_sng.shape[0])
+    acc.add(x_ng, rep_sng)
+    index = None if var_names is None else pd.Index(np.asarray(var_names).astype(str))
+    return acc.result(index)
+
+
 @torch.no_grad()
 def posterior_predictive_check(
     model,
@@ -530,46 +545,24 @@ def posterior_predictive_check(
     r"""Observed vs posterior-predictive per-gene statistics on the cells of ``split``.
 
     Replicated data :math:`x^{\text{rep}} \sim p(x \mid z_n, G)` with
-    :math:`(z_n, G) \sim q` (``model.posterior_predictive``: the observed sites resampled).
-    Per gene: mean, variance and fraction of zeros over the cells, for the observed counts
-    and for each replicate (averaged over the ``n_samples`` replicates).
+    :math:`(z_n, G) \sim q` (``model.posterior_predictive``: the observed sites resampled),
+    drawn batch by batch; the statistics are those of :func:`ppc_statistics` over every
+    cell of ``split``.
 
     Returns
     -------
     pandas.DataFrame
-        Genes x ``observed_mean, predicted_mean, observed_var, predicted_var,
-        observed_zero_fraction, predicted_zero_fraction``.
+        Genes x the columns of :func:`ppc_statistics`.
     """
-    g = data.n_features
-    obs_sum, obs_sq, obs_zero = np.zeros(g), np.zeros(g), np.zeros(g)
-    rep_sum, rep_sq, rep_zero = (np.zeros((n_samples, g)) for _ in range(3))
-    n = 0
+    acc = _PPCStatistics(data.n_features, n_samples)
     for s, batch in _split_batches(data, split, batch_size):
-        x = batch[f"x_{s}"].double().numpy()
+        x = batch[s].x_ng
         pp = model.posterior_predictive(batch, num_samples=n_samples, return_sites=(f"x_{s}",))
-        rep = pp[f"x_{s}"].double().reshape(n_samples, x.shape[0], g).numpy()
-        obs_sum += x.sum(0)
-        obs_sq += (x**2).sum(0)
-        obs_zero += (x == 0).sum(0)
-        rep_sum += rep.sum(1)
-        rep_sq += (rep**2).sum(1)
-        rep_zero += (rep == 0).sum(1)
-        n += x.shape[0]
-    if n == 0:
+        rep = pp[f"x_{s}"].reshape(n_samples, x.shape[0], -1)
+        acc.add(_as_float64(x), _as_float64(rep))
+    if acc.n == 0:
         raise ValueError(f"split {split!r} has no cells.")
-    obs_mean = obs_sum / n
-    rep_mean = rep_sum / n
-    return pd.DataFrame(
-        {
-            "observed_mean": obs_mean,
-            "predicted_mean": rep_mean.mean(0),
-            "observed_var": obs_sq / n - obs_mean**2,
-            "predicted_var": (rep_sq / n - rep_mean**2).mean(0),
-            "observed_zero_fraction": obs_zero / n,
-            "predicted_zero_fraction": (rep_zero / n).mean(0),
-        },
-        index=data.var_names,
-    )
+    return acc.result(data.var_names)
 
 
 def ppc_summary(ppc: pd.DataFrame) -> dict[str, float]:
@@ -579,7 +572,7 @@ def ppc_summary(ppc: pd.DataFrame) -> dict[str, float]:
     for stat in ("mean", "var"):
         o, p = np.log1p(ppc[f"observed_{stat}"]), np.log1p(ppc[f"predicted_{stat}"])
         out[f"pearson_log_{stat}"] = _pearson(o.to_numpy(), p.to_numpy())
-    o, p = ppc["observed_zero_fraction"].to_numpy(), ppc["predicted_zero_fraction"].to_numpy()
+    o, p = ppc["observed_zero"].to_numpy(), ppc["predicted_zero"].to_numpy()
     out["pearson_zero_fraction"] = _pearson(o, p)
     out["mae_zero_fraction"] = float(np.abs(o - p).mean())
     return out
