@@ -70,13 +70,18 @@ class SourceBatch:
         """Full size of the source (the plate size used for subsample scaling)."""
         return int(self.n) if self.n is not None else self.size
 
-    def to(self, device: torch.device | str) -> SourceBatch:
-        """A copy with every tensor on ``device``."""
-        moved = {
-            k: getattr(self, k).to(device)
-            for k in ("x_ng", "library_n", "index_n", "design_nk")
-            if getattr(self, k) is not None
-        }
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> SourceBatch:
+        """A copy with every tensor on ``device`` and the floating ones in ``dtype``."""
+        moved = {}
+        for k in ("x_ng", "library_n", "index_n", "design_nk"):
+            value = getattr(self, k)
+            if value is None:
+                continue
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            moved[k] = value.to(device) if device is not None else value
         return replace(self, **moved)
 
     def without_data(self) -> SourceBatch:
@@ -88,6 +93,8 @@ class SourceBatch:
 Sources = Mapping[str, SourceBatch]
 
 
-def sources_to(sources: Sources, device: torch.device | str) -> dict[str, SourceBatch]:
-    """Move every source of a batch to ``device``."""
-    return {name: src.to(device) for name, src in sources.items()}
+def sources_to(
+    sources: Sources, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> dict[str, SourceBatch]:
+    """Move every source of a batch to ``device`` (floating tensors to ``dtype``)."""
+    return {name: src.to(device, dtype) for name, src in sources.items()}

@@ -19,11 +19,21 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pyro
+import pyro.distributions as dist
+import torch
 from pyro.poutine.messenger import Messenger
 
 from ..data.sources import SourceBatch
 
-__all__ = ["SOURCE_KEY", "ROLE_KEY", "SourceMessenger", "site_role", "site_tag", "source_plate"]
+__all__ = [
+    "ROLE_KEY",
+    "SOURCE_KEY",
+    "SourceMessenger",
+    "record",
+    "site_role",
+    "site_tag",
+    "source_plate",
+]
 
 SOURCE_KEY = "source"
 ROLE_KEY = "source_role"
@@ -63,3 +73,16 @@ def site_tag(site: dict) -> str | None:
 def site_role(site: dict) -> str | None:
     """The role (``"background"``/``"target"``) a trace site was tagged with, or ``None``."""
     return (site.get("infer") or {}).get(ROLE_KEY)
+
+
+def record(name: str, value: torch.Tensor, event_dim: int = 1) -> torch.Tensor:
+    """Record an auxiliary tensor as a trace site (a ``pyro.deterministic`` site that is also
+    marked auxiliary, so it adds nothing to the ELBO and Pyro's model/guide check does not
+    expect it in the model). Guides use it for what penalties need, e.g. the salient
+    posterior of background cells; readers find it by name and source tag in the trace."""
+    return pyro.sample(
+        name,
+        dist.Delta(value, event_dim=event_dim).mask(False),
+        obs=value,
+        infer={"_deterministic": True, "is_auxiliary": True},
+    )

@@ -35,6 +35,7 @@ import pyro.distributions as dist
 import torch
 
 from ..data.sources import BACKGROUND, SourceBatch
+from ..infer.handlers import record
 from ..nn.decoders import COUNT_LIKELIHOODS, ObservationDecoder
 from ..nn.encoders import GaussianEncoder
 from .base import ComparativeModel
@@ -118,15 +119,16 @@ class ContrastiveVAE(ComparativeModel):
         """Amortised mean-field guide q(z | x) q(t | x).
 
         For background cells ``t`` is not a latent (it is 0 in the model); the salient
-        posterior there is still recorded, as ``pyro.deterministic`` sites ``t_loc_<name>`` /
-        ``t_scale_<name>``, for the leakage penalties (they read it from the guide trace).
+        posterior there is still recorded, as auxiliary trace sites ``t_loc_<name>`` /
+        ``t_scale_<name>`` (:func:`~pyro_compare.infer.handlers.record`), for the leakage
+        penalties (they read it from the guide trace).
         """
         z_loc, z_scale = self.background_encoder(src.x_ng)
         t_loc, t_scale = self.salient_encoder(src.x_ng)
         pyro.sample(f"z_{name}", dist.Normal(z_loc, z_scale).to_event(1))
         if src.role == BACKGROUND:
-            pyro.deterministic(f"t_loc_{name}", t_loc, event_dim=1)
-            pyro.deterministic(f"t_scale_{name}", t_scale, event_dim=1)
+            record(f"t_loc_{name}", t_loc)
+            record(f"t_scale_{name}", t_scale)
         else:
             pyro.sample(f"t_{name}", dist.Normal(t_loc, t_scale).to_event(1))
 
