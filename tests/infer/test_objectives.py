@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import minimize
 
 import pyro_compare as pc
-from pyro_compare.infer import Constrained, MultiObjective, Sum, min_norm_weights
+from pyro_compare.infer import Constrained, MultiObjective, SourceTerms, Sum, min_norm_weights
 from pyro_compare.infer.penalties import evaluate_penalty
 
 
@@ -33,7 +33,7 @@ def test_mgda_two_quadratics_analytic_weights_and_common_descent():
     objective = MultiObjective(objectives=("one", "two"), shared="all")
     objective.setup(model, list(model.parameters()))
     losses = _two_quadratics(model)
-    loss, log = objective(losses, model)
+    loss, log = objective(SourceTerms(losses))
     assert log["weight_one"] == pytest.approx(0.9)
     assert log["weight_two"] == pytest.approx(0.1)
     d = 0.9 * np.array([-2.0, 0.0]) + 0.1 * np.array([0.0, -6.0])
@@ -91,22 +91,38 @@ def test_frank_wolfe_duplicate_gradient_reduces_to_closed_form():
 # --------------------------------------------------------------------------- constrained
 
 
+class _X:
+    """Penalty ``x`` of the toy problem: reads the point from the step's losses dict."""
+
+    def __call__(self, terms: SourceTerms) -> torch.Tensor:
+        return terms.losses["x"]
+
+
 def _run_toy(objective: Constrained, x0: float, steps: int = 4000, lr: float = 0.02):
-    """min (x - 2)^2  s.t.  x <= bound, by simultaneous primal descent / dual ascent."""
+    """min (x - 2)^2  s.t.  x <= bound, by simultaneous primal descent / dual ascent.
+
+    The objective sees the loss ``f`` and, as the penalty, ``x`` (passed in the terms and
+    excluded from the ELBO part by a zero weight)."""
     model = Point(x0)
     objective.setup(model, list(model.parameters()))
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):
-        loss, log = objective({"f": (model.x - 2.0) ** 2}, model)
+        terms = SourceTerms({"f": (model.x - 2.0) ** 2, "x": model.x})
+        loss, log = objective(terms)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        objective.after_step(log)
     return float(model.x.detach()), objective.lambda_, log
+
+
+def _toy_elbo() -> Sum:
+    return Sum(weights={"x": 0.0})
 
 
 def test_constrained_toy_converges_to_kkt_point():
     # x* = 1 (constraint active); KKT: 2 (x* - 2) + lambda* = 0  ->  lambda* = 2.
-    objective = Constrained(penalty=lambda m: m.x, epsilon=1.0, dual_lr=0.05, slack=0.0)
+    objective = Constrained(penalty=_X(), elbo=_toy_elbo(), epsilon=1.0, dual_lr=0.05, slack=0.0)
     x, lam, log = _run_toy(objective, x0=0.0)
     assert x == pytest.approx(1.0, abs=1e-3)
     assert lam == pytest.approx(2.0, abs=1e-2)
@@ -116,7 +132,7 @@ def test_constrained_toy_converges_to_kkt_point():
 
 def test_constrained_toy_slack_tightens_the_target():
     # default slack 0.1: aims at x <= 0.9, where lambda = -2 (0.9 - 2) = 2.2
-    objective = Constrained(penalty=lambda m: m.x, epsilon=1.0, dual_lr=0.05)
+    objective = Constrained(penalty=_X(), elbo=_toy_elbo(), epsilon=1.0, dual_lr=0.05)
     x, lam, log = _run_toy(objective, x0=0.0)
     assert x == pytest.approx(0.9, abs=1e-3)
     assert lam == pytest.approx(2.2, abs=1e-2)
@@ -125,7 +141,8 @@ def test_constrained_toy_slack_tightens_the_target():
 
 def test_constrained_toy_multiplicative_and_moving_average():
     objective = Constrained(
-        penalty=lambda m: m.x,
+        penalty=_X(),
+        elbo=_toy_elbo(),
         epsilon=1.0,
         update="multiplicative",
         lambda_init=0.1,
@@ -139,7 +156,9 @@ def test_constrained_toy_multiplicative_and_moving_average():
 
 
 def test_constrained_toy_inactive_constraint_has_zero_multiplier():
-    objective = Constrained(penalty=lambda m: m.x, epsilon=3.0, lambda_init=1.0, dual_lr=0.05)
+    objective = Constrained(
+        penalty=_X(), elbo=_toy_elbo(), epsilon=3.0, lambda_init=1.0, dual_lr=0.05
+    )
     x, lam, log = _run_toy(objective, x0=0.0)
     assert objective.target == pytest.approx(2.7)  # default slack 0.1
     assert x == pytest.approx(2.0, abs=1e-3)
@@ -148,9 +167,9 @@ def test_constrained_toy_inactive_constraint_has_zero_multiplier():
 
 
 def test_constrained_state_dict_round_trip_and_validation():
-    a = Constrained(penalty=lambda m: m.x, epsilon=1.0)
+    a = Constrained(penalty=_X(), elbo=_toy_elbo(), epsilon=1.0)
     a.lambda_, a.constraint_average, a.steps = 3.5, 0.2, 7
-    b = Constrained(penalty=lambda m: m.x, epsilon=1.0)
+    b = Constrained(penalty=_X(), elbo=_toy_elbo(), epsilon=1.0)
     b.load_state_dict(a.state_dict())
     assert (b.lambda_, b.constraint_average, b.steps) == (3.5, 0.2, 7)
     with pytest.raises(ValueError):
@@ -158,7 +177,7 @@ def test_constrained_state_dict_round_trip_and_validation():
     with pytest.raises(ValueError):
         Constrained(update="multiplicative", lambda_init=0.0)
     with pytest.raises(ValueError, match="unknown penalty"):
-        Constrained(penalty="nope").setup(Point(0.0), [])
+        Constrained(penalty="nope")
 
 
 # --------------------------------------------------------------------------- with the model
@@ -179,8 +198,8 @@ def test_mgda_on_decoder_gives_common_descent_direction(small_data):
     batch = next(iter(small_data.loader(128, seed=0)))
     elbo = pc.infer.SourceTrace_ELBO()
     torch.manual_seed(1)
-    losses = elbo.source_losses(model.model, model.guide, **batch)
-    loss, log = objective(losses, model)
+    losses = elbo.source_losses(model.model, model.guide, batch)
+    loss, log = objective(SourceTerms(losses))
     params = list(model.decoder.parameters())
 
     def flat(t):
@@ -231,3 +250,15 @@ def test_constrained_accepts_design_spelling_leakage():
     from pyro_compare.infer import Constrained
 
     assert Constrained(leakage="mmd", epsilon=0.01).penalty == "mmd"
+
+
+def test_objective_call_is_pure_and_after_step_updates_the_multiplier():
+    model = Point(3.0)
+    objective = Constrained(penalty=_X(), elbo=_toy_elbo(), epsilon=1.0, dual_lr=0.5, slack=0.0)
+    objective.setup(model, list(model.parameters()))
+    terms = SourceTerms({"f": (model.x - 2.0) ** 2, "x": model.x})
+    first = objective(terms)
+    second = objective(terms)  # no state change between two calls
+    assert first[1] == second[1] and objective.lambda_ == 0.0 and objective.steps == 0
+    objective.after_step(first[1])  # constraint value 3 > epsilon 1: lambda += 0.5 * 2
+    assert objective.lambda_ == pytest.approx(1.0) and objective.steps == 1

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from pyro import poutine
 
 import pyro_compare as pc
+from pyro_compare.infer import SourceTerms
 from pyro_compare.infer.penalties import (
     PENALTIES,
     evaluate_penalty,
@@ -94,36 +96,50 @@ def _small_model_and_batch():
     return model, data, batch
 
 
+def _guide_terms(model, batch) -> SourceTerms:
+    """The step's terms as a penalty sees them: here only the guide trace matters."""
+    guide_trace = poutine.trace(model.guide).get_trace(batch)
+    return SourceTerms({}, [(None, guide_trace)])
+
+
 @pytest.mark.parametrize("name", sorted(PENALTIES))
 def test_registry_penalties_are_differentiable_scalars(name):
     torch.manual_seed(0)
     model, _, batch = _small_model_and_batch()
-    model.track_background_salient = True
-    model.guide(**batch)
-    value = PENALTIES[name](model)
+    value = PENALTIES[name](_guide_terms(model, batch))
     assert value.shape == () and torch.isfinite(value)
     value.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_background_salient_penalty_needs_tracking_and_says_so():
+def test_background_salient_penalty_names_what_is_missing():
     model, _, batch = _small_model_and_batch()
-    model.guide(**batch)
-    with pytest.raises(KeyError, match="track_background_salient"):
-        PENALTIES["wasserstein_to_zero"](model)
+    only_target = {"target": batch["target"]}
+    with pytest.raises(KeyError, match="t_loc"):
+        PENALTIES["wasserstein_to_zero"](_guide_terms(model, only_target))
+
+
+def test_penalties_read_the_trace_of_vectorised_particles():
+    """With vectorised ELBO particles the penalty sees every particle's cells."""
+    torch.manual_seed(0)
+    model, _, batch = _small_model_and_batch()
+    elbo = pc.infer.SourceTrace_ELBO(num_particles=3, vectorize_particles=True)
+    terms = elbo.source_terms(model.model, model.guide, batch)
+    n_target = batch["target"].size
+    z, t = terms.guide_values("z", "target"), terms.guide_values("t", "target")
+    assert z.shape == (3 * n_target, 3) and t.shape == (3 * n_target, 4)
+    for name in PENALTIES:
+        assert torch.isfinite(PENALTIES[name](terms))
 
 
 def test_wasserstein_penalty_matches_encoder_outputs_and_evaluate_penalty():
     model, data, batch = _small_model_and_batch()
-    model.track_background_salient = True
-    model.guide(**batch)
-    loc, scale = model.salient_encoder(batch["x_background"])
+    loc, scale = model.salient_encoder(batch["background"].x_ng)
     expected = (loc.pow(2) + scale.pow(2)).sum(-1).mean()
-    assert PENALTIES["wasserstein_to_zero"](model).item() == pytest.approx(expected.item())
-    model.track_background_salient = False
+    value = PENALTIES["wasserstein_to_zero"](_guide_terms(model, batch))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
     value = evaluate_penalty(model, data, "wasserstein_to_zero", batch_size=1000)
-    assert model.track_background_salient is False  # restored
-    x_bg = data.full_batch()["x_background"]
+    x_bg = data.full_batch()["background"].x_ng
     loc, scale = model.salient_encoder(x_bg)
     assert value == pytest.approx((loc.pow(2) + scale.pow(2)).sum(-1).mean().item(), rel=1e-4)
