@@ -102,85 +102,307 @@ def run_demo(
     return metrics
 
 
-def _fit_command(args: argparse.Namespace) -> None:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already explains the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
+class _CLIError(Exception):
+    """A problem with the command line or its files: reported as one line, exit status 2."""
+
+
+def _check_input(path: Path) -> None:
+    """Fail early unless ``path`` is a readable HDF5 (``.h5ad``) file."""
+    if not path.exists():
+        raise _CLIError(f"input file {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise _CLIError(f"input {str(path)!r} is a directory; pass an .h5ad file.")
+    if not os.access(path, os.R_OK):
+        raise _CLIError(f"input file {str(path)!r} is not readable (permission denied).")
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise _CLIError(
+            f"input file {str(path)!r} is not an .h5ad file (not HDF5); write it with "
+            f"adata.write_h5ad(...)."
+        )
+
+
+def _check_output(path: Path, what: str) -> None:
+    """Fail early unless ``path`` can be written (its folder exists or can be created)."""
+    if path.is_dir():
+        raise _CLIError(f"{what} {str(path)!r} is a directory; pass a file name.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise _CLIError(f"{what} {str(path)!r} exists and is not writable.")
+    folder = path.absolute().parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _CLIError(f"cannot create the folder of {what} {str(path)!r}: {existing} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "folder" if existing == folder else "folder (to create it)"
+        raise _CLIError(
+            f"cannot write {what} {str(path)!r}: no write permission in {where} {existing}."
+        )
+
+
+def _check_device(device: str) -> bool:
+    """Validate ``--device``; return whether ``pc.infer.fit`` takes a ``device`` argument."""
+    import inspect
+
+    import torch
+
+    from .infer import fit
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise _CLIError(f"--device {device!r} is not a torch device ({err}).") from None
+    if "device" not in inspect.signature(fit).parameters:
+        if dev.type != "cpu":
+            raise _CLIError(
+                f"--device {device!r}: this version of pyro_compare fits on the CPU only."
+            )
+        return False
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise _CLIError(f"--device {device!r}: CUDA is not available on this machine.")
+    return True
+
+
+def _read_input(path: Path):
     import anndata as ad
 
-    from . import tools
-    from .infer import Sum
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # h5py / anndata raise many types; the user needs one line.
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise _CLIError(f"cannot read {str(path)!r} as AnnData: {reason}") from None
 
-    adata = ad.read_h5ad(args.data)
+
+def _write_h5ad(adata, path: Path) -> None:
+    """Write ``adata`` to ``path`` through a temporary file in the same folder (atomic)."""
+    import tempfile
+
+    path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".h5ad", prefix=f".{path.name}.", dir=path.absolute().parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _save_model(model, path: Path) -> None:
+    path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+
+
+def _fit_command(args: argparse.Namespace) -> None:
+    data_path, out = Path(args.data), Path(args.out)
+    save_model = Path(args.save_model) if args.save_model else None
+    _check_input(data_path)
+    _check_output(out, "output")
+    if save_model is not None:
+        _check_output(save_model, "--save-model")
+        if save_model.absolute() == out.absolute():
+            raise _CLIError("--save-model and --out name the same file; pass two paths.")
+    fit_kwargs = {}
+    if _check_device(args.device):
+        fit_kwargs["device"] = args.device
     objective = None
-    if args.salient_penalty > 0:
+    if args.salient_penalty is not None:
+        from .infer import Sum
+
         objective = Sum(penalty="wasserstein_to_zero", penalty_weight=args.salient_penalty)
-    model = tools.fit(
+    if args.model == "ContrastiveVAE":
+        model_kwargs = {
+            "n_background_latent": args.n_background_latent,
+            "n_salient_latent": args.n_salient_latent,
+        }
+    else:
+        if args.perturbation_key is None:
+            raise _CLIError(f"--model {args.model} needs --perturbation-key.")
+        model_kwargs = {"n_latent": args.n_latent}
+    adata = _read_input(data_path)
+
+    from . import tl
+
+    model = tl.fit(
         adata,
+        model=args.model,
         condition_key=args.condition_key,
         background=args.background,
         layer=args.layer,
+        exclude=args.exclude,
+        counts=args.counts,
+        library_key=args.library_key,
+        perturbation_key=args.perturbation_key,
         objective=objective,
-        n_background_latent=args.n_background_latent,
-        n_salient_latent=args.n_salient_latent,
-        hidden=(args.hidden,),
+        key_added=args.key_added,
+        hidden=tuple(args.hidden),
         likelihood=args.likelihood,
+        model_kwargs=model_kwargs,
+        progress=args.progress,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        **fit_kwargs,
     )
-    adata.write_h5ad(args.out)
-    if args.save_model:
-        model.save(args.save_model)
-    print(f"wrote {args.out} (obsm: X_background, X_salient; uns: pyro_compare)")
+    # The model first: if the h5ad cannot be written, the fit is not lost.
+    if save_model is not None:
+        try:
+            _save_model(model, save_model)
+        except OSError as err:
+            raise _CLIError(f"cannot write --save-model {str(save_model)!r}: {err}") from None
+    try:
+        _write_h5ad(adata, out)
+    except OSError as err:
+        rescue = save_model
+        if rescue is None:
+            import tempfile
+
+            rescue = Path(tempfile.gettempdir()) / f"pyro_compare_model_{os.getpid()}.pt"
+            try:
+                _save_model(model, rescue)
+            except OSError:
+                rescue = None
+        kept = f"; the fitted model is in {rescue}" if rescue is not None else ""
+        raise _CLIError(f"cannot write output {str(out)!r}: {err}{kept}") from None
+    name = tl.DEFAULT_KEY if args.key_added is None else args.key_added
+    keys = ", ".join(adata.uns[tl.UNS_KEY][name]["obsm_keys"].values())
+    saved = f"; model: {save_model}" if save_model is not None else ""
+    print(f"wrote {out} (obsm: {keys}; uns: {tl.UNS_KEY}[{name!r}]{saved})")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-compare`` argument parser (every option with its help and default)."""
+    from .tl.fitting import MODEL_NAMES
+
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="pyro-compare", description="Comparative deep generative models in Pyro."
+        prog="pyro-compare",
+        description="Comparative deep generative models in Pyro.",
+        formatter_class=fmt,
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: min(cores, 4))"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="simulate, fit, report recovery metrics and figures")
+    demo = sub.add_parser(
+        "demo", help="simulate, fit, report recovery metrics and figures", formatter_class=fmt
+    )
     demo.add_argument("--out", default="pyro_compare_report", help="report folder")
     demo.add_argument("--fast", action="store_true", help="small data, few epochs")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and the fit")
     demo.set_defaults(func=lambda a: run_demo(a.out, fast=a.fast, seed=a.seed))
 
-    f = sub.add_parser("fit", help="fit a ContrastiveVAE to an .h5ad file")
-    f.add_argument("data", help="input .h5ad with raw counts")
-    f.add_argument("--condition-key", required=True, help="obs column with the condition")
+    f = sub.add_parser(
+        "fit",
+        help="fit a comparative model to an .h5ad file",
+        description="Fit a comparative model to an .h5ad file; write its latents to obsm and "
+        "its settings and history to uns['pyro_compare'] of the output .h5ad. The input, "
+        "output and --save-model paths are checked before training.",
+        formatter_class=fmt,
+    )
+    f.add_argument("data", help="input .h5ad (raw counts in X or --layer)")
+    f.add_argument("--out", required=True, help="output .h5ad (its folder is created if needed)")
+    f.add_argument("--condition-key", required=True, help="obs column with each cell's condition")
     f.add_argument("--background", required=True, help="value of the background condition")
-    f.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    f.add_argument("--out", required=True, help="output .h5ad")
-    f.add_argument("--n-background-latent", type=int, default=10)
-    f.add_argument("--n-salient-latent", type=int, default=10)
-    f.add_argument("--hidden", type=int, default=128)
-    f.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson", "gaussian"])
-    f.add_argument("--max-epochs", type=int, default=200)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--layer", default=None, help="layer with the data (default: X)")
+    f.add_argument(
+        "--exclude", nargs="+", default=[], help="condition values whose cells are left out"
+    )
+    f.add_argument(
+        "--library-key", default=None, help="obs column with library sizes (default: row sums)"
+    )
+    f.add_argument(
+        "--perturbation-key",
+        default=None,
+        help="obs column naming each cell's perturbation(s) (perturbation models)",
+    )
+    f.add_argument("--model", default="ContrastiveVAE", choices=MODEL_NAMES, help="model class")
+    f.add_argument(
+        "--n-background-latent", type=int, default=10, help="ContrastiveVAE: background latent dims"
+    )
+    f.add_argument(
+        "--n-salient-latent", type=int, default=10, help="ContrastiveVAE: salient latent dims"
+    )
+    f.add_argument("--n-latent", type=int, default=10, help="perturbation models: latent dims")
+    f.add_argument(
+        "--hidden", type=int, nargs="+", default=[128], help="hidden layer widths of the networks"
+    )
+    f.add_argument(
+        "--likelihood",
+        default="nb",
+        choices=["nb", "zinb", "poisson", "gaussian"],
+        help="observation model (gaussian: continuous data, implies --no-counts)",
+    )
+    f.add_argument(
+        "--counts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="validate the data as raw counts (default: yes for nb/zinb/poisson, no for "
+        "gaussian); --no-counts for normalised or continuous data with --likelihood gaussian",
+    )
+    f.add_argument(
+        "--key-added",
+        default=None,
+        help="name of the fit: obsm X_<key>_<kind> and uns['pyro_compare'][<key>] (default: "
+        "obsm X_<kind> and uns['pyro_compare']['default'])",
+    )
+    f.add_argument("--max-epochs", type=int, default=200, help="maximum number of epochs")
+    f.add_argument("--batch-size", type=int, default=128, help="cells per minibatch")
+    f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    f.add_argument("--seed", type=int, default=0, help="seed of the split, init and minibatches")
+    f.add_argument("--device", default="cpu", help="torch device to fit on")
     f.add_argument(
         "--salient-penalty",
         type=float,
-        default=10.0,
-        help="weight of the W2-to-zero term on background cells' salient codes (0: off)",
+        default=None,
+        help="opt-in: add this weight times the W2-to-zero penalty on background cells' salient "
+        "codes (default: the default objective of pc.infer.fit)",
     )
-    f.add_argument("--save-model", default=None, help="also save the model to this path")
+    f.add_argument("--save-model", default=None, help="also save the fitted model to this path")
+    f.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on a terminal, a line every few epochs otherwise",
+    )
     f.set_defaults(func=_fit_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pyro-compare`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``pyro-compare`` command; returns the exit status.
+
+    Problems with the command line, its files or the input data are reported as one line
+    ``pyro-compare: error: ...`` on stderr with status 2, before any training.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, printed)
+        return int(exit_.code or 0)
     _set_threads(args.threads)
     from .data.validation import DataValidationError
 
     try:
         args.func(args)
-    except DataValidationError as err:
-        print(f"pyro-compare: error: {err}", file=sys.stderr)
+    except (_CLIError, DataValidationError) as err:
+        message = " ".join(str(err).split())
+        if isinstance(err, DataValidationError) and "counts=False" in message:
+            message += " On the command line: --likelihood gaussian (implies --no-counts)."
+        print(f"pyro-compare: error: {message}", file=sys.stderr)
         return 2
     return 0
 
