@@ -11,9 +11,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import pyro_compare as pc
-from pyro_compare.tools import UNS_KEY, _uns_safe
+from pyro_compare.tl import UNS_KEY
+from pyro_compare.tl._anndata import uns_safe
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def fitted():
         max_epochs=40,
         lr=3e-3,
         seed=0,
+        progress=False,
     )
     return adata, model
 
@@ -40,16 +43,25 @@ def _dense(x):
 def test_fit_writes_latents_and_settings(fitted):
     adata, model = fitted
     for kind, dim in (("background", 4), ("salient", 2)):
-        for key in (f"X_{kind}", f"X_cvae_{kind}"):
-            assert adata.obsm[key].shape == (adata.n_obs, dim)
-            assert np.isfinite(adata.obsm[key]).all()
+        key = f"X_cvae_{kind}"
+        assert adata.obsm[key].shape == (adata.n_obs, dim)
+        assert np.isfinite(adata.obsm[key]).all()
+        # One key per latent: a named fit writes only its prefixed keys.
+        assert f"X_{kind}" not in adata.obsm
     entry = adata.uns[UNS_KEY]["cvae"]
+    assert dict(entry["obsm_keys"]) == {
+        "background": "X_cvae_background",
+        "salient": "X_cvae_salient",
+    }
     assert entry["model"]["class"] == "ContrastiveVAE"
     assert entry["model"]["n_salient_latent"] == 2
     assert entry["data"]["condition_key"] == "condition"
+    assert entry["data"]["counts"]
     assert entry["data"]["n_background"] == 400
     assert entry["fit"]["max_epochs"] == 40
-    assert entry["objective"]["class"] == "Sum"
+    # No objective given: pc.infer.fit's default, recorded as such.
+    assert entry["objective"]["class"] == type(model.default_objective()).__name__
+    assert entry["objective"]["default"]
     hist = pc.tl.history(adata, "cvae")
     pd.testing.assert_frame_equal(
         hist.reset_index(drop=True), model.history_.reset_index(drop=True), check_dtype=False
@@ -58,11 +70,31 @@ def test_fit_writes_latents_and_settings(fitted):
     assert hist["validation_loss"].iloc[-1] < hist["validation_loss"].iloc[0]
 
 
+def test_unnamed_fit_uses_plain_keys_and_default_entry():
+    adata = pc.data.simulate_contrastive(50, 50, 15, 2, 1, seed=3)
+    kwargs = dict(n_background_latent=2, n_salient_latent=1, max_epochs=1, progress=False)
+    model = pc.tl.fit(adata, condition_key="condition", background="background", **kwargs)
+    assert pc.tl.obsm_key("salient") == "X_salient"
+    assert {"X_background", "X_salient"} <= set(adata.obsm)
+    assert not any(k.startswith("X_default") for k in adata.obsm)
+    assert list(adata.uns[UNS_KEY]) == [pc.tl.DEFAULT_KEY]
+    assert len(pc.tl.history(adata)) == 1
+    # A second unnamed fit replaces the first; a named one sits beside it.
+    first = adata.obsm["X_background"].copy()
+    pc.tl.fit(adata, condition_key="condition", background="background", seed=1, **kwargs)
+    assert not np.allclose(first, adata.obsm["X_background"])
+    written = pc.tl.latents(adata, model, key_added="first")
+    assert written == {"background": "X_first_background", "salient": "X_first_salient"}
+    np.testing.assert_allclose(adata.obsm["X_first_background"], first)
+
+
 def test_latents_recover_ground_truth_and_leakage_table(fitted):
     adata, _ = fitted
     target = (adata.obs["condition"] == "target").to_numpy()
-    r2_z = pc.metrics.affine_r2(adata.obsm["true_background"], adata.obsm["X_background"])
-    r2_t = pc.metrics.affine_r2(adata.obsm["true_salient"][target], adata.obsm["X_salient"][target])
+    r2_z = pc.metrics.affine_r2(adata.obsm["true_background"], adata.obsm["X_cvae_background"])
+    r2_t = pc.metrics.affine_r2(
+        adata.obsm["true_salient"][target], adata.obsm["X_cvae_salient"][target]
+    )
     assert r2_z > 0.6
     assert r2_t > 0.6
     table = pc.tl.knn_leakage(adata, ["X_cvae_background", "X_cvae_salient"], "condition")
@@ -85,9 +117,9 @@ def test_h5ad_round_trip(fitted, tmp_path):
     # The recorded data settings rebuild the same sources, so a model's latents line up.
     data = pc.tl.comparative_data(back, key="cvae")
     assert len(data.sources["background"]) == 400
-    written = pc.tl.latents(back, model, key="cvae", default_keys=False, key_added="again")
+    written = pc.tl.latents(back, model, key="cvae", key_added="again")
     assert written == {"background": "X_again_background", "salient": "X_again_salient"}
-    np.testing.assert_allclose(back.obsm["X_again_background"], adata.obsm["X_background"])
+    np.testing.assert_allclose(back.obsm["X_again_background"], adata.obsm["X_cvae_background"])
 
 
 def test_predict_matches_observed_gene_means(fitted):
@@ -159,6 +191,7 @@ def test_exclude_gives_nan_rows():
         n_salient_latent=1,
         key_added="small",
         max_epochs=2,
+        progress=False,
     )
     assert np.isnan(adata.obsm["X_small_background"][:7]).all()
     assert np.isfinite(adata.obsm["X_small_background"][7:]).all()
@@ -170,11 +203,122 @@ def test_exclude_gives_nan_rows():
         pc.tl.comparative_data(adata)
 
 
+def test_gaussian_fit_on_continuous_data():
+    """The route the non-integer count message recommends: counts=False, gaussian."""
+    adata = pc.data.simulate_contrastive(60, 60, 15, 2, 1, seed=4)
+    adata.layers["lognorm"] = np.log1p(_dense(adata.X)).astype(np.float32)
+    kwargs = dict(condition_key="condition", background="background", layer="lognorm")
+    with pytest.raises(pc.data.DataValidationError, match="counts=False"):
+        pc.tl.fit(adata, **kwargs, max_epochs=1, progress=False)
+    model = pc.tl.fit(
+        adata,
+        **kwargs,
+        likelihood="gaussian",
+        counts=False,
+        n_background_latent=2,
+        n_salient_latent=1,
+        max_epochs=2,
+        progress=False,
+    )
+    assert np.isfinite(adata.obsm["X_salient"]).all()
+    assert not adata.uns[UNS_KEY]["default"]["data"]["counts"]
+    # counts=None follows the likelihood: gaussian does not check for counts.
+    pc.tl.fit(adata, **kwargs, likelihood="gaussian", max_epochs=1, progress=False)
+    pc.tl.predict(adata, model, n_samples=1)
+    assert np.isfinite(adata.layers["pyro_compare_expected"]).all()
+
+
+def test_latents_of_a_new_anndata(fitted):
+    adata, model = fitted
+    new = adata[::3].copy()
+    del new.uns[UNS_KEY]
+    new.obs = new.obs.rename(columns={"condition": "stim"})
+    # The keywords the error message suggests are accepted ...
+    written = pc.tl.latents(new, model, condition_key="stim", background="background")
+    assert written["background"] == "X_background"
+    np.testing.assert_allclose(
+        new.obsm["X_background"], adata.obsm["X_cvae_background"][::3], rtol=1e-5, atol=1e-6
+    )
+    # ... and without them the data settings the model remembers from pc.tl.fit are used.
+    same = adata[::3].copy()
+    del same.uns[UNS_KEY]
+    pc.tl.latents(same, model, key_added="again")
+    np.testing.assert_allclose(same.obsm["X_again_salient"], new.obsm["X_salient"])
+    pc.tl.predict(new, model, condition_key="stim", background="background", n_samples=1)
+    assert new.layers["pyro_compare_expected"].shape == new.shape
+
+
+def test_genes_are_matched_by_name(fitted):
+    adata, model = fitted
+    order = np.random.default_rng(0).permutation(adata.n_vars)
+    shuffled = adata[:, order].copy()
+    pc.tl.latents(shuffled, model, key="cvae", key_added="shuffled")
+    np.testing.assert_allclose(
+        shuffled.obsm["X_shuffled_background"], adata.obsm["X_cvae_background"], atol=1e-5
+    )
+    # Extra genes are dropped with a warning; their predicted column is NaN.
+    extra = ad.AnnData(
+        np.ones((adata.n_obs, 1), dtype=np.float32),
+        obs=adata.obs[[]],
+        var=pd.DataFrame(index=["new"]),
+    )
+    wider = ad.concat([adata, extra], axis=1, merge="same")
+    wider.obs = adata.obs.copy()
+    with pytest.warns(UserWarning, match="dropped"):
+        pc.tl.predict(wider, model, condition_key="condition", background="background", n_samples=1)
+    layer = wider.layers["pyro_compare_expected"]
+    assert np.isnan(layer[:, -1]).all() and np.isfinite(layer[:, :-1]).all()
+
+
+def test_predict_leaves_the_global_rng_alone(fitted):
+    adata, model = fitted
+    small = adata[::8].copy()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    pc.tl.predict(small, model, key="cvae", n_samples=1, seed=5)
+    assert torch.equal(state, torch.get_rng_state())
+    first = small.layers["pyro_compare_expected"].copy()
+    pc.tl.predict(small, model, key="cvae", n_samples=1, seed=5)
+    np.testing.assert_array_equal(first, small.layers["pyro_compare_expected"])
+
+
+def test_perturbation_model_and_its_counterfactual():
+    """pc.tl fits a perturbation model by name; its counterfactual is the model's own."""
+    adata = pc.data.simulate_sparse_shift(
+        n_control=60, n_per_perturbation=30, n_perturbations=3, n_genes=20, seed=0
+    )
+    model = pc.tl.fit(
+        adata,
+        model="AdditiveShiftVAE",
+        condition_key="perturbation",
+        background="control",
+        perturbation_key="perturbation",
+        model_kwargs={"n_latent": 3},
+        max_epochs=2,
+        progress=False,
+    )
+    assert set(adata.uns[UNS_KEY]["default"]["obsm_keys"].values()) == {
+        pc.tl.obsm_key(k) for k in model.latent_kinds
+    }
+    data = pc.tl.comparative_data(adata)
+    label = data.perturbation_names[0]
+    cf = pc.tl.counterfactual(adata, model, perturbation=label, n_samples=2, seed=3)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        direct = model.counterfactual(
+            data, label, n_samples=2, cells=data.sources["background"], sample_counts=False
+        )
+    np.testing.assert_allclose(_dense(cf.X), _dense(direct.X))
+    assert cf.uns[UNS_KEY]["counterfactual"]["perturbation"] == label
+    with pytest.raises(ValueError, match="perturbation="):
+        pc.tl.counterfactual(adata, model)
+
+
 def test_ppc_statistics_analytic():
     x = np.array([[0.0, 2.0], [2.0, 4.0]])
     stats = pc.tl.ppc_statistics(x, x[None], var_names=["a", "b"])
     np.testing.assert_allclose(stats["observed_mean"], [1.0, 3.0])
-    np.testing.assert_allclose(stats["observed_var"], [2.0, 2.0])
+    np.testing.assert_allclose(stats["observed_var"], [1.0, 1.0])  # over cells, ddof 0
     np.testing.assert_allclose(stats["observed_zero"], [0.5, 0.0])
     np.testing.assert_allclose(stats["predicted_mean"], stats["observed_mean"])
     np.testing.assert_allclose(stats[["ppp_mean", "ppp_var", "ppp_zero"]].to_numpy(), 1.0)
@@ -182,15 +326,33 @@ def test_ppc_statistics_analytic():
     rep = np.stack([np.zeros_like(x), 2 * x])
     stats = pc.tl.ppc_statistics(x, rep)
     np.testing.assert_allclose(stats["predicted_mean"], [1.0, 3.0])
-    np.testing.assert_allclose(stats["predicted_var"], [4.0, 4.0])
+    np.testing.assert_allclose(stats["predicted_var"], [2.0, 2.0])
     np.testing.assert_allclose(stats["predicted_zero"], [0.75, 0.5])
     np.testing.assert_allclose(stats["ppp_var"], [0.5, 0.5])
     with pytest.raises(ValueError, match="replicated"):
         pc.tl.ppc_statistics(x, np.zeros((3, 2, 3)))
 
 
+def test_one_ppc_implementation(fitted):
+    """pc.tl's PPC is the metrics one: same statistics from the same replicates."""
+    adata, model = fitted
+    assert pc.tl.ppc_statistics.__module__ == "pyro_compare.tl.evaluation"
+    data = pc.tl.comparative_data(adata, key="cvae")
+    torch.manual_seed(0)
+    stats = pc.metrics.perturbation.posterior_predictive_check(model, data, None, n_samples=2)
+    torch.manual_seed(0)
+    again = pc.tl.posterior_predictive_check(adata, model, key="cvae", n_samples=2)
+    pd.testing.assert_frame_equal(stats, again)
+    summary = adata.uns[UNS_KEY]["cvae"]["ppc"]
+    # Recorded, and meaningful (0.86 for this 40-epoch fit; a wrong gene order gives ~0).
+    assert summary["pearson_log_mean"] > 0.5 and summary["n_samples"] == 2
+    # The streamed statistics equal those of the arrays in one call.
+    x = pc.tl.ppc_statistics(np.arange(12.0).reshape(4, 3), np.ones((2, 4, 3)))
+    assert list(x.columns) == list(stats.columns)
+
+
 def test_uns_safe_is_h5ad_writable(tmp_path):
-    value = _uns_safe(
+    value = uns_safe(
         {"a": None, "b": (1, 2), "c": [1.5, "x"], "d": [], "e": {"f": np.float32(2)}, "g": object}
     )
     assert "a" not in value
@@ -204,9 +366,9 @@ def test_uns_safe_is_h5ad_writable(tmp_path):
 def test_plotting_helpers(fitted):
     adata, _ = fitted
     small = adata[:200].copy()
-    axes = pc.pl.latent_umap(small, ["X_background", "X_salient"], color=["condition"])
+    axes = pc.pl.latent_umap(small, ["X_cvae_background", "X_cvae_salient"], color=["condition"])
     assert axes.shape == (2, 1)
-    assert small.obsm["X_background_umap"].shape == (200, 2)
+    assert small.obsm["X_cvae_background_umap"].shape == (200, 2)
     plt.close("all")
     obs = np.array([1.0, -2.0, 0.5, 3.0])
     ax = pc.pl.ate_scatter(2 * obs, obs, gene_names=list("abcd"), n_labels=2)
