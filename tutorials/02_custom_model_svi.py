@@ -17,13 +17,14 @@
 # scratch — no `pyro_compare` model class — and fits it with a plain `pyro.infer.SVI` loop.
 # Only two conventions make it a *comparative* model:
 #
-# 1. cells of each source live under their own plate, `pyro.plate("background", ...)` and
-#    `pyro.plate("target", ...)`, so {class}`pyro_compare.infer.SourceTrace_ELBO` can split
-#    the ELBO into one term per source;
-# 2. `model` and `guide` take the keyword arguments of a
-#    {class}`~pyro_compare.data.ComparativeData` batch (`x_background`, `library_background`,
-#    `index_background`, `n_background`, and the same for `target`), so `svi.step(**batch)`
-#    works.
+# 1. `model` and `guide` take one argument, a minibatch `{source name: SourceBatch}` as
+#    {class}`~pyro_compare.data.ComparativeData` yields it (one
+#    {class}`~pyro_compare.data.sources.SourceBatch` per source: `"background"`, `"target"`,
+#    or several targets), so `svi.step(batch)` works for any number of sources;
+# 2. cells of each source live under their own plate, opened with
+#    {func}`pyro_compare.infer.source_plate` (a `pyro.plate` with subsampling that tags the
+#    sites with their source), so {class}`pyro_compare.infer.SourceTrace_ELBO` can split the
+#    ELBO into one term per source.
 #
 # We then check the fit with posterior predictive checks (`pyro.infer.Predictive`):
 # per-gene means, variances and zero fractions of replicated data against the observed
@@ -39,7 +40,6 @@ import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
 import pyro_compare as pc
@@ -62,8 +62,29 @@ pyro.set_rng_seed(0)
 adata = pc.data.simulate_contrastive(N_CELLS, N_CELLS, 100, 4, 2, seed=0)
 data = pc.data.ComparativeData.from_anndata(adata, "condition", "background")
 print(data)
-batch = next(data.loader(batch_size=8))
-print({k: tuple(v.shape) if torch.is_tensor(v) else v for k, v in batch.items()})
+
+# %% [markdown]
+# ## The batch contract
+#
+# `data.loader(batch_size)` yields minibatches holding every source;
+# `data.full_batch(split)` returns all cells of a split as one. A batch is a mapping
+# `{source name: SourceBatch}`, and each `SourceBatch` carries what its source's plate needs:
+#
+# * `x_ng`: the counts (cells x genes); `None` asks the model to *sample* them (prior
+#   predictive);
+# * `library_n`: library sizes; `design_nk`: perturbation design rows (none here);
+# * `index_n`: the subsample indices, and `n`: the full size of the source, so the plate
+#   scales the minibatch terms by `n / len(index_n)`;
+# * `role`: `"background"` or `"target"`: what the model does differs by role (here: the
+#   salient latent is zero on background cells), while the plate is named after the source.
+
+# %%
+batch = next(iter(data.loader(batch_size=8)))
+for name, src in batch.items():
+    print(
+        f"{name}: role={src.role} x_ng={tuple(src.x_ng.shape)} "
+        f"library_n={tuple(src.library_n.shape)} index_n={src.index_n.tolist()} n={src.n}"
+    )
 
 # %% [markdown]
 # ## The model
@@ -74,12 +95,19 @@ print({k: tuple(v.shape) if torch.is_tensor(v) else v for k, v in batch.items()}
 #   \theta_g\big)
 # $$
 #
-# with $f$ a one-hidden-layer ReLU network. The guide is amortised:
+# with $f$ a one-hidden-layer ReLU network, for the cells of every source. The guide is
+# amortised:
 # $q(z_n \mid x_n)\, q(t_n \mid x_n)$, diagonal Normals from two encoders of
 # $\log(1 + x_n)$. The networks are plain `torch.nn` modules; `pyro.module` registers their
 # parameters in Pyro's parameter store, as in Pyro's VAE tutorial.
 # `NegativeBinomial(total_count=θ, logits=log μ − log θ)` has mean μ.
 # `likelihood="poisson"` swaps the observation model for a Poisson with the same mean.
+#
+# `model` and `guide` loop over the sources of the batch, one `source_plate` each; site
+# names carry the source name (`z_background`, `x_target`, ...). `model` takes
+# `observe=False` for the posterior predictive: it then samples `x` instead of conditioning
+# on `src.x_ng`. The guide accepts (and ignores) the same argument, since `Predictive`
+# passes its arguments to both.
 
 
 # %%
@@ -116,35 +144,37 @@ class TinyContrastive(nn.Module):
         loc, raw_scale = encoder(torch.log1p(x)).chunk(2, -1)
         return dist.Normal(loc, nn.functional.softplus(raw_scale) + 1e-4).to_event(1)
 
-    def model(self, x_background, x_target, library_background, library_target,
-              index_background, index_target, n_background, n_target, **unused):  # fmt: skip
+    def model(self, sources, observe=True):
         pyro.module("tiny", self)  # registers the networks' parameters with Pyro
-        with pyro.plate("background", n_background, subsample=index_background) as idx:
-            z = pyro.sample("z_background", std_normal(len(idx), self.d_z))
-            t = z.new_zeros(len(idx), self.d_t)  # no salient variation in background cells
-            pyro.sample("x_background", self.x_dist(z, t, library_background), obs=x_background)
-        with pyro.plate("target", n_target, subsample=index_target) as idx:
-            z = pyro.sample("z_target", std_normal(len(idx), self.d_z))
-            t = pyro.sample("t_target", std_normal(len(idx), self.d_t))
-            pyro.sample("x_target", self.x_dist(z, t, library_target), obs=x_target)
+        for name, src in sources.items():
+            with pc.infer.source_plate(name, src):
+                z = pyro.sample(f"z_{name}", std_normal(src.size, self.d_z))
+                if src.role == "background":
+                    t = z.new_zeros(src.size, self.d_t)  # no salient variation
+                else:
+                    t = pyro.sample(f"t_{name}", std_normal(src.size, self.d_t))
+                obs = src.x_ng if observe else None
+                pyro.sample(f"x_{name}", self.x_dist(z, t, src.library_n), obs=obs)
 
-    def guide(self, x_background, x_target, library_background, library_target,
-              index_background, index_target, n_background, n_target, **unused):  # fmt: skip
+    def guide(self, sources, observe=True):
         pyro.module("tiny", self)
-        with pyro.plate("background", n_background, subsample=index_background):
-            pyro.sample("z_background", self.q(self.encoder_z, x_background))
-        with pyro.plate("target", n_target, subsample=index_target):
-            pyro.sample("z_target", self.q(self.encoder_z, x_target))
-            pyro.sample("t_target", self.q(self.encoder_t, x_target))
+        for name, src in sources.items():
+            with pc.infer.source_plate(name, src):
+                pyro.sample(f"z_{name}", self.q(self.encoder_z, src.x_ng))
+                if src.role != "background":
+                    pyro.sample(f"t_{name}", self.q(self.encoder_t, src.x_ng))
 
 
 # %% [markdown]
 # ## A plain SVI loop with per-source losses
 #
 # `SourceTrace_ELBO` *is* a `Trace_ELBO` (same `loss`, same gradients), so `SVI` uses it
-# unchanged. Its extra method `source_losses(model, guide, **batch)` returns one
-# differentiable term per source plate; their sum is the negative ELBO. We print them on
-# the validation cells (per cell of each source) as training goes.
+# unchanged: `svi.step(batch)`. After each step, `elbo.last_source_losses` holds that
+# step's negative ELBO term of every source (`{"background": ..., "target": ...}`, from the
+# step's own traces: nothing is recomputed); their sum is the step's loss. Its extra method
+# `source_losses(model, guide, batch)` returns the same terms, differentiable, for any
+# batch: we evaluate them on the validation cells. Both are printed per cell of each source
+# as training goes.
 
 
 # %%
@@ -154,16 +184,24 @@ def train(likelihood: str) -> tuple[TinyContrastive, pd.DataFrame]:
     tiny = TinyContrastive(data.n_features, likelihood=likelihood)
     elbo = pc.infer.SourceTrace_ELBO()
     svi = pyro.infer.SVI(tiny.model, tiny.guide, pyro.optim.Adam({"lr": 3e-3}), loss=elbo)
-    n_train = sum(len(i) for i in data.indices("train").values())
+    n_train = {s: len(i) for s, i in data.indices("train").items()}
     val = data.full_batch("validation")
-    n_val = {s: val[f"n_{s}"] for s in ("background", "target")}
     rows = []
     for epoch in range(N_EPOCHS):
-        train_loss = [svi.step(**b) for b in data.loader(batch_size=128, seed=epoch)]
+        train_loss, train_sources = [], []
+        for b in data.loader(batch_size=128, seed=epoch):
+            train_loss.append(svi.step(b))
+            train_sources.append(elbo.last_source_losses)  # this step's per-source terms
         with torch.no_grad():
-            losses = elbo.source_losses(tiny.model, tiny.guide, **val)
-        row = {"epoch": epoch, "train_loss": np.mean(train_loss) / n_train}
-        row.update({f"validation_{s}": float(v) / n_val[s] for s, v in losses.items()})
+            losses = elbo.source_losses(tiny.model, tiny.guide, val)
+        row = {"epoch": epoch, "train_loss": float(np.mean(train_loss)) / sum(n_train.values())}
+        row.update(
+            {
+                f"train_{s}": float(np.mean([t[s] for t in train_sources])) / n
+                for s, n in n_train.items()
+            }
+        )
+        row.update({f"validation_{s}": float(v) / val[s].n for s, v in losses.items()})
         rows.append(row)
         if epoch % max(1, N_EPOCHS // 5) == 0 or epoch == N_EPOCHS - 1:
             print(likelihood, {k: round(v, 2) for k, v in row.items()})
@@ -182,8 +220,9 @@ plt.show()
 # ## Posterior predictive checks
 #
 # `pyro.infer.Predictive` runs the guide on the observed cells and then the model with the
-# sampled latents. `poutine.uncondition` makes the observed sites `x_background` /
-# `x_target` draw *replicated* counts instead of returning the data. Each replicate has
+# sampled latents. Called with `observe=False`, the model leaves the sites `x_background` /
+# `x_target` unobserved, so they draw *replicated* counts instead of returning the data
+# (`pc.models.ContrastiveVAE.posterior_predictive` does the same). Each replicate has
 # the cells' own latents and library sizes, so per-gene statistics of the replicates should
 # match those of the data if the model is adequate.
 
@@ -191,19 +230,19 @@ plt.show()
 # %%
 def replicate(tiny: TinyContrastive, num_samples: int = 20) -> dict[str, torch.Tensor]:
     predictive = pyro.infer.Predictive(
-        poutine.uncondition(tiny.model),
+        tiny.model,
         guide=tiny.guide,
         num_samples=num_samples,
         return_sites=["x_background", "x_target"],
     )
     with torch.no_grad():
-        return predictive(**data.full_batch())
+        return predictive(data.full_batch(), observe=False)
 
 
 full = data.full_batch()
 nb_samples = replicate(nb_model)
 print({k: tuple(v.shape) for k, v in nb_samples.items()})
-nb_stats = pc.tl.ppc_statistics(full["x_target"], nb_samples["x_target"], data.var_names)
+nb_stats = pc.tl.ppc_statistics(full["target"].x_ng, nb_samples["x_target"], data.var_names)
 print(nb_stats.head())
 pc.plotting.ppc(nb_stats, title="NB, target:")
 plt.tight_layout()
@@ -219,7 +258,7 @@ plt.show()
 # %%
 poisson_model, poisson_history = train("poisson")
 poisson_stats = pc.tl.ppc_statistics(
-    full["x_target"], replicate(poisson_model)["x_target"], data.var_names
+    full["target"].x_ng, replicate(poisson_model)["x_target"], data.var_names
 )
 pc.plotting.ppc(poisson_stats, title="Poisson, target:")
 plt.tight_layout()
@@ -246,5 +285,9 @@ print(table.round(3))
 #
 # * The same model/guide pair can be handed to {func}`pyro_compare.infer.fit`, which adds
 #   early stopping, checkpoints and the multi-objective / constrained objectives.
+# * The prior predictive is the model alone on sources without counts:
+#   `pyro.infer.Predictive(tiny.model, num_samples=20)({s: src.without_data() for s, src in
+#   data.full_batch().items()})` (sizes, library sizes and designs are kept, `x_ng` is
+#   dropped, so every `x_<source>` site is sampled).
 # * `pc.models.ContrastiveVAE` is this model with count heads to choose from, encoders
 #   shared across sources, and helpers (`latent`, `posterior_predictive`, `save`/`load`).
