@@ -85,9 +85,10 @@ print(adata.obs.groupby(["cell_type", "condition"], observed=True).size().unstac
 #
 # `pc.tl.fit` builds the {class}`~pyro_compare.data.ComparativeData` (control cells are the
 # background source, stimulated cells the target), fits with {func}`pyro_compare.infer.fit`,
-# writes `obsm["X_background"]`, `obsm["X_salient"]` (and per-model copies
-# `X_cvae_background`, `X_cvae_salient`) and records settings and history in
-# `uns["pyro_compare"]["cvae"]`. It returns the Pyro model.
+# writes the latents of this fit, named `key_added="cvae"`, to `obsm["X_cvae_background"]`
+# and `obsm["X_cvae_salient"]` (a fit without `key_added` writes `X_background`,
+# `X_salient`) and records settings and history in `uns["pyro_compare"]["cvae"]`. It
+# returns the Pyro model.
 
 # %%
 model = pc.tl.fit(
