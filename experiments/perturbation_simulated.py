@@ -32,7 +32,8 @@ AdditiveShiftVAE's and ConditionalVAE's)
     all genes and over the pair's top-20 genes by |observed ATE|, averaged over the pairs.
 
 Every model is fitted with ``pyro_compare.infer.fit`` (Adam, lr 3e-3, batch 256, no early
-stop) and :class:`~pyro_compare.metrics.PerPerturbationLogger`.
+stop), the model's default objective and the
+:class:`~pyro_compare.infer.PerPerturbationLogger` callback (per-label losses in the history).
 
 Usage::
 
@@ -135,7 +136,7 @@ def run_seed(seed: int, args) -> list[dict]:
         pc.infer.fit(
             model,
             data,
-            objective=pm.PerPerturbationLogger(data=data),
+            callbacks=[pc.infer.PerPerturbationLogger(data=data)],
             max_epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,

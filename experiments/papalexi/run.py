@@ -12,7 +12,7 @@ cells dropped) and reports, on the 20% held-out cells:
   *training* cells, so genes are not selected on the evaluation noise),
 * posterior predictive checks (per-gene mean / variance / zero fraction),
 * the per-perturbation held-out loss (``per_perturbation_loss``); the fit history also logs
-  it per epoch (``PerPerturbationLogger``).
+  the training loss per label and epoch (the ``PerPerturbationLogger`` callback).
 
 Usage::
 
@@ -149,7 +149,7 @@ def main() -> None:
         history = pc.infer.fit(
             model,
             data,
-            objective=pm.PerPerturbationLogger(data=data),
+            callbacks=[pc.infer.PerPerturbationLogger(data=data)],
             max_epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
