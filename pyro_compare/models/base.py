@@ -115,6 +115,10 @@ class ComparativeModel(PyroModule):
 
         return Sum()
 
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        """Zeros with the dtype and device of the model's parameters."""
+        return next(self.parameters()).new_zeros(shape)
+
     # ------------------------------------------------------------------ the generative story
     def model_globals(self) -> dict[str, torch.Tensor]:
         """Sample the model's global sites (outside every source plate); returns them."""

@@ -137,7 +137,7 @@ class ConditionalVAE(PerturbationVAE):
         self._finish_init(locals())
 
     def effect_matrix(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.zeros(self.n_perturbations, self.n_latent)
+        return self._zeros(self.n_perturbations, self.n_latent)
 
     def encode_site(
         self, x_ng: torch.Tensor, design_nk: torch.Tensor, shift_nd: torch.Tensor

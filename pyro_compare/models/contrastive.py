@@ -89,11 +89,13 @@ class ContrastiveVAE(ComparativeModel):
     # ------------------------------------------------------------------ generative story
     def z_dist(self, n: int) -> dist.TorchDistribution:
         """Prior of the background latent, N(0, I), batch shape (n,)."""
-        return dist.Normal(torch.zeros(()), torch.ones(())).expand([n, self.n_background_latent])
+        zero = self._zeros()
+        return dist.Normal(zero, zero + 1.0).expand([n, self.n_background_latent])
 
     def t_dist(self, n: int) -> dist.TorchDistribution:
         """Prior of the salient latent of target cells, N(0, I)."""
-        return dist.Normal(torch.zeros(()), torch.ones(())).expand([n, self.n_salient_latent])
+        zero = self._zeros()
+        return dist.Normal(zero, zero + 1.0).expand([n, self.n_salient_latent])
 
     def x_dist(
         self, z_nd: torch.Tensor, t_nd: torch.Tensor, library_n: torch.Tensor | None

@@ -142,7 +142,7 @@ class MixturePriorVAE(ComparativeModel):
     def component_dist(self) -> dist.TorchDistribution:
         """The K Gaussian components, batch shape (K,), event shape (d,)."""
         if self.n_components == 1:
-            return dist.Normal(torch.zeros(1, self.n_latent), 1.0).to_event(1)
+            return dist.Normal(self._zeros(1, self.n_latent), 1.0).to_event(1)
         if self.covariance == "diagonal":
             scale_kd = F.softplus(self.raw_scale_kdd) + 1e-4
             return dist.Normal(self.loc_kd, scale_kd).to_event(1)
@@ -151,15 +151,13 @@ class MixturePriorVAE(ComparativeModel):
     def mixing_logits(self) -> torch.Tensor:
         """Normalised log weights :math:`\\log \\pi_k`, shape (K,)."""
         if self.n_components == 1:
-            return torch.zeros(1)
+            return self._zeros(1)
         return torch.log_softmax(self.logits_k, dim=-1)
 
     def z_dist(self, n: int) -> dist.TorchDistribution:
         r"""Prior :math:`p(z)` with batch shape (n,) and event shape (d,)."""
         if self.n_components == 1:
-            return (
-                dist.Normal(torch.zeros(()), torch.ones(())).expand([n, self.n_latent]).to_event(1)
-            )
+            return dist.Normal(self._zeros(), 1.0).expand([n, self.n_latent]).to_event(1)
         mixture = dist.MixtureSameFamily(
             dist.Categorical(logits=self.mixing_logits()), self.component_dist()
         )

@@ -154,7 +154,7 @@ class PerturbationVAE(PerturbationPredictions, ComparativeModel):
 
     def effect_matrix(self, g: dict[str, torch.Tensor]) -> torch.Tensor:
         """K x d latent shift of each perturbation given the globals (zeros: no shift)."""
-        return torch.zeros(self.n_perturbations, self.n_latent)
+        return self._zeros(self.n_perturbations, self.n_latent)
 
     def encode_site(
         self, x_ng: torch.Tensor, design_nk: torch.Tensor, shift_nd: torch.Tensor
@@ -214,7 +214,7 @@ class PerturbationVAE(PerturbationPredictions, ComparativeModel):
                 f"perturbation models need the design of target source {name!r}: build the "
                 f"data with ComparativeData.from_anndata(..., perturbation_key='perturbation')."
             )
-        return torch.zeros(src.size, self.n_perturbations)
+        return self._zeros(src.size, self.n_perturbations)
 
     def model_source(self, name, src, globals_, obs) -> None:
         """One source's cells: the cell site (basal state, or shifted state for sVAE+),

@@ -122,7 +122,7 @@ class SAMSVAE(PerturbationVAE):
         with pyro.plate("perturbation", k):
             mask = pyro.sample(
                 "mask",
-                dist.Bernoulli(probs=torch.full((d,), self.mask_prior)).expand([k, d]).to_event(1),
+                dist.Bernoulli(probs=self._zeros(d) + self.mask_prior).expand([k, d]).to_event(1),
             )
             effect = pyro.sample(
                 "effect",

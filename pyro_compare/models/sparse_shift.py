@@ -99,7 +99,8 @@ class SparseShiftVAE(PerturbationVAE):
     def model_globals(self) -> dict[str, torch.Tensor]:
         k, d = self.n_perturbations, self.n_latent
         a, b = self.sparsity_prior
-        rate = pyro.sample("rate", dist.Beta(torch.full((d,), a), torch.full((d,), b)).to_event(1))
+        zero = self._zeros(d)
+        rate = pyro.sample("rate", dist.Beta(zero + a, zero + b).to_event(1))
         with pyro.plate("perturbation", k):
             # rate is (d,), or (particles, 1, d) under vectorised particles: the plate
             # broadcasts it over the K perturbations.
