@@ -1,16 +1,18 @@
 """Figures a biologist expects: per-source loss curves, multiplier traces, latent scatters,
-UMAPs of each latent (via scanpy), ATE scatters and posterior predictive checks."""
+UMAPs of each latent (via scanpy), ATE scatters and posterior predictive checks.
+
+matplotlib (and scanpy, for UMAPs) are imported when a figure is drawn, not with the
+package, and the matplotlib backend is left to the user (``MPLBACKEND``, ``%matplotlib``,
+``matplotlib.use``): matplotlib picks a non-interactive one on a machine without a display.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 __all__ = [
     "ate_scatter",
@@ -24,11 +26,19 @@ __all__ = [
 _SOURCES = ("background", "target", "global")
 
 
+def _pyplot() -> Any:
+    """``matplotlib.pyplot``, imported on first use (keeps ``import pyro_compare`` light)."""
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def loss_curves(history: pd.DataFrame, ax=None, sources: Sequence[str] = _SOURCES):
     """Per-source training (solid) and validation (dashed) negative ELBO per cell by epoch.
 
     ``history`` is what :func:`pyro_compare.infer.fit` returns.
     """
+    plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     colors = dict(zip(_SOURCES, ("tab:blue", "tab:orange", "tab:gray")))
@@ -46,6 +56,7 @@ def loss_curves(history: pd.DataFrame, ax=None, sources: Sequence[str] = _SOURCE
 
 def objective_traces(history: pd.DataFrame, keys: Sequence[str] | None = None, axes=None):
     """Traces of objective logs (penalty, lambda, MGDA weights) by epoch."""
+    plt = _pyplot()
     if keys is None:
         keys = [
             k
@@ -75,6 +86,7 @@ def latent_scatter(
     s: float = 4.0,
 ):
     """Scatter of two latent dimensions coloured by a continuous or categorical value."""
+    plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     latent = np.asarray(latent)
@@ -128,6 +140,7 @@ def latent_umap(
     numpy.ndarray
         The axes, shape (len(obsm_keys), len(color)).
     """
+    plt = _pyplot()
     import anndata as ad
     import scanpy as sc
 
@@ -170,6 +183,7 @@ def ate_scatter(
     The top ``n_labels`` genes by :math:`|\text{observed}|` are labelled; the title gives the
     Pearson correlation over all genes and the identity line is drawn.
     """
+    plt = _pyplot()
     predicted = np.asarray(predicted, dtype=np.float64).ravel()
     observed = np.asarray(observed, dtype=np.float64).ravel()
     if predicted.shape != observed.shape:
@@ -201,6 +215,7 @@ def ppc(stats: pd.DataFrame, axes=None, title: str = "", s: float = 5.0):
     ``predicted_zero``). Three panels: mean and variance (log-log) and zero fraction, each
     with the identity line; points on the line mean the model reproduces that statistic.
     """
+    plt = _pyplot()
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     panels = (

@@ -24,10 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
-from scipy.stats import rankdata
-from sklearn.model_selection import StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier
+
+# scipy.optimize, scipy.stats and scikit-learn are imported inside the functions that use
+# them: together they would add about half a second to `import pyro_compare`.
 
 __all__ = [
     "affine_r2",
@@ -90,6 +89,8 @@ def _abs_correlation(
 ) -> np.ndarray:
     """Matrix ``(d, m)`` of absolute correlations; constant columns correlate 0 with all."""
     if method == "spearman":
+        from scipy.stats import rankdata
+
         z_true_nd = rankdata(z_true_nd, axis=0)
         z_learned_nm = rankdata(z_learned_nm, axis=0)
     elif method != "pearson":
@@ -142,6 +143,8 @@ def mcc_matching(
     if z_true_nd.shape[0] < 2:
         raise ValueError("Correlations need at least 2 rows (cells).")
     abs_corr_dm = _abs_correlation(z_true_nd, z_learned_nm, method)
+    from scipy.optimize import linear_sum_assignment
+
     row_ind, col_ind = linear_sum_assignment(-abs_corr_dm)
     return row_ind, col_ind, abs_corr_dm[row_ind, col_ind]
 
@@ -370,6 +373,9 @@ def _knn_cv_correct(
     x_nd: np.ndarray, y_n: np.ndarray, k: int, n_folds: int, seed: int
 ) -> tuple[int, int]:
     """Return (number correctly classified, number classified) under stratified CV."""
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     correct = 0
     for train_idx, test_idx in skf.split(x_nd, y_n):
