@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 OUT ?= pyro_compare_report
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv install install-test demo test lint docs docs-execute clean
+.PHONY: venv install install-test demo test lint docs docs-refresh docs-full docs-execute docs-noexec clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,27 @@ test: install-test
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-docs: install-test
-	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+# The tutorials are executed at build time (myst-nb) and cached (jupyter-cache, keyed by
+# their code): `make docs` runs them in fast mode, and only those whose code changed.
+# `make docs-refresh` empties that cache first (after a package change that changes the
+# outputs); `make docs-full` runs them in full mode (long; its own cache);
+# `make docs-noexec` renders code only.
+SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-docs-execute: install-test
-	PYRO_COMPARE_DOCS_EXECUTE=1 $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+docs: install-test
+	PYRO_COMPARE_FAST=1 $(SPHINX)
+
+docs-refresh: install-test
+	rm -rf docs/_build/.jupyter_cache-fast
+	PYRO_COMPARE_FAST=1 $(SPHINX)
+
+docs-full: install-test
+	PYRO_COMPARE_FAST=0 $(SPHINX)
+
+docs-execute: docs-full
+
+docs-noexec: install-test
+	PYRO_COMPARE_DOCS_EXECUTE=0 $(SPHINX)
 
 clean:
 	rm -rf docs/_build docs/api docs/tutorials $(OUT) .pytest_cache

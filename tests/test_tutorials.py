@@ -1,56 +1,46 @@
-"""Every tutorial (``tutorials/[0-9]*.py``, jupytext percent format) runs end to end in fast
-mode (``PYRO_COMPARE_FAST=1``: subsampled cells, few epochs) with a headless backend.
+"""Every tutorial (``tutorials/[0-9]*.py``, jupytext percent format) converts to the notebook
+that the docs execute and render, and its code cells are valid Python.
 
-A tutorial that needs a real dataset says so in a comment line
-``# pyro-compare-data: <file name>``; it is skipped (with the reason) when the file is not in
-the data folder. Adding a tutorial is adding a file.
+The tutorials are *executed* (fast mode, in a Jupyter kernel) by the docs build of
+``test_docs.py``, which also checks that each page shows printed outputs and figures; they
+are not run a second time here. Adding a tutorial is adding a file.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
+import ast
 import sys
 from pathlib import Path
 
 import pytest
 
-from pyro_compare.data import data_dir
-
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = data_dir()
 TUTORIALS = sorted((REPO / "tutorials").glob("[0-9]*.py"))
-DATA_LINE = re.compile(r"^# pyro-compare-data:\s*(\S+)\s*$", re.MULTILINE)
+
+pytest.importorskip("jupytext")
+nbformat = pytest.importorskip("nbformat")
+sys.path.insert(0, str(REPO / "docs" / "_ext"))
+pytest.importorskip("sphinx")
+import pc_docs  # noqa: E402
 
 
 def test_tutorials_found() -> None:
+    assert [p.name for p in pc_docs.tutorial_scripts()] == [p.name for p in TUTORIALS]
     assert len(TUTORIALS) >= 2, "tutorials/ should hold the executed tutorials"
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_tutorial_runs_in_fast_mode(path: Path, tmp_path: Path) -> None:
-    for name in DATA_LINE.findall(path.read_text()):
-        if not (DATA_DIR / name).exists():
-            pytest.skip(f"{path.name} needs {DATA_DIR / name} (set PYRO_COMPARE_DATA_DIR)")
-    env = dict(
-        os.environ,
-        PYRO_COMPARE_FAST="1",
-        PYRO_COMPARE_DATA_DIR=str(DATA_DIR),
-        MPLBACKEND="Agg",
-        OMP_NUM_THREADS="1",
-        OMP_WAIT_POLICY="PASSIVE",
-        PYRO_COMPARE_THREADS="1",
-        PYTHONWARNINGS="ignore",
-    )
-    result = subprocess.run(
-        [sys.executable, str(path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, (
-        f"{path.name} failed in fast mode:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    )
+def test_tutorial_converts_to_a_notebook(path: Path) -> None:
+    nb = nbformat.reads(pc_docs.tutorial_notebook(path), as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.language == "python"
+    setup, *cells, note = nb.cells
+    assert setup.metadata.tags == ["remove-cell"]
+    assert any(c.cell_type == "markdown" and c.source.startswith("# ") for c in cells)
+    code = [c for c in cells if c.cell_type == "code"]
+    assert code, f"{path.name} has no code cell"
+    for i, cell in enumerate(code):
+        ast.parse(cell.source, filename=f"{path.name}[code cell {i}]")
+        assert "# pyro-compare-data:" not in cell.source
+    # Converting twice gives the same file: an unchanged tutorial is not rebuilt.
+    assert pc_docs.tutorial_notebook(path) == pc_docs.tutorial_notebook(path)

@@ -2,10 +2,10 @@
 
 * ``api/``: one page per public module of ``pyro_compare`` (``automodule``), found by walking
   the package, so a new module appears without editing the docs.
-* ``tutorials/``: the jupytext percent-format scripts of ``tutorials/`` converted to MyST
-  markdown (markdown cells as text, code cells as code blocks). With
-  ``PYRO_COMPARE_DOCS_EXECUTE=1`` each tutorial is executed (full mode unless
-  ``PYRO_COMPARE_FAST=1``) and its printed output and figures are embedded after each cell.
+* ``tutorials/``: the jupytext percent-format scripts of ``tutorials/`` converted to
+  notebooks (``.ipynb``). myst-nb executes them at build time (fast mode by default, see
+  ``conf.py``), caches the executed notebooks with jupyter-cache, and renders their text,
+  code, printed output and figures.
 
 Generated files live under ``docs/api`` and ``docs/tutorials`` (ignored by git) and are
 rewritten only when their content changes, so incremental builds stay incremental.
@@ -13,19 +13,19 @@ rewritten only when their content changes, so incremental builds stay incrementa
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import os
 import pkgutil
 import re
-import tempfile
-import traceback
+import shutil
 from pathlib import Path
+
+from sphinx.util import logging
 
 DOCS = Path(__file__).resolve().parents[1]
 REPO = DOCS.parent
 TUTORIALS = REPO / "tutorials"
+logger = logging.getLogger(__name__)
 
 
 def _write(path: Path, text: str) -> None:
@@ -76,89 +76,122 @@ def write_api_pages() -> None:
 
 
 # ---------------------------------------------------------------------------- tutorials
-def _cells(path: Path) -> list[tuple[str, str]]:
-    """(cell_type, source) pairs of a jupytext percent script, header dropped."""
+# Comment lines that only steer the tests (which real dataset a tutorial reads) stay out of
+# the rendered pages.
+DATA_LINE = re.compile(r"^# pyro-compare-data:\s*(\S+)\s*$", re.MULTILINE)
+
+
+# A hidden first cell of every docs notebook (the "remove-cell" tag keeps it off the page).
+# * pyro_compare.plotting calls matplotlib.use("Agg") on import, which replaces the kernel's
+#   inline backend: plt.show() would then produce no figure. Importing the package first
+#   and restoring the inline backend (``%matplotlib inline``: the backend and IPython's
+#   figure formatters) keeps the figures; a no-op once the import leaves the backend alone.
+# * tqdm.auto warns "IProgress not found" (no ipywidgets) on import, into the first cell.
+SETUP_CELL = """\
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import tqdm.auto  # noqa: F401
+
+import pyro_compare  # noqa: F401
+
+%matplotlib inline
+"""
+
+
+def tutorial_scripts() -> list[Path]:
+    """The tutorials, ``tutorials/[0-9]*.py`` (jupytext percent scripts), sorted."""
+    return sorted(TUTORIALS.glob("[0-9]*.py"))
+
+
+def missing_data(path: Path) -> list[Path]:
+    """Dataset files that a tutorial declares (``# pyro-compare-data: <file>``) but that are
+    not in the data folder (``PYRO_COMPARE_DATA_DIR``)."""
+    from pyro_compare.data import data_dir
+
+    folder = data_dir()
+    return [
+        folder / name
+        for name in DATA_LINE.findall(path.read_text())
+        if not (folder / name).exists()
+    ]
+
+
+def tutorial_notebook(path: Path, execute: bool = True) -> str:
+    """The notebook (JSON) of one tutorial script, as the docs render and execute it."""
     import jupytext
+    import nbformat
 
     nb = jupytext.read(path, fmt="py:percent")
-    return [(c.cell_type, c.source) for c in nb.cells if c.source.strip()]
-
-
-def _execute(cells, path: Path, fig_dir: Path) -> list[tuple[str, list[str]]]:
-    """Run the code cells in one namespace; per cell, its stdout and saved figure names."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    namespace = {"__name__": "__main__", "__file__": str(path)}
-    results = []
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        try:
-            for i, (kind, source) in enumerate(cells):
-                if kind != "code":
-                    results.append(("", []))
-                    continue
-                buffer = io.StringIO()
-                with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-                    try:
-                        exec(compile(source, f"{path.name}[cell {i}]", "exec"), namespace)
-                    except Exception:
-                        traceback.print_exc()
-                        raise RuntimeError(
-                            f"{path.name}, cell {i} failed:\n{buffer.getvalue()[-3000:]}"
-                        ) from None
-                figures = []
-                for k, num in enumerate(plt.get_fignums()):
-                    name = f"cell{i:02d}_{k}.png"
-                    plt.figure(num).savefig(fig_dir / name, dpi=90, bbox_inches="tight")
-                    figures.append(name)
-                plt.close("all")
-                results.append((buffer.getvalue(), figures))
-        finally:
-            os.chdir(cwd)
-    return results
-
-
-def tutorial_markdown(path: Path, execute: bool, fig_dir: Path) -> str:
-    cells = _cells(path)
-    outputs = _execute(cells, path, fig_dir) if execute else [("", [])] * len(cells)
-    parts = []
-    for (kind, source), (stdout, figures) in zip(cells, outputs):
-        if kind == "markdown":
-            parts.append(source)
-            continue
-        # Comment lines that only steer the test runner stay out of the rendered page.
-        code = re.sub(r"^# pyro-compare-data:.*\n", "", source, flags=re.MULTILINE)
-        parts.append(f"```python\n{code.rstrip()}\n```")
-        if stdout.strip():
-            parts.append(f"```text\n{stdout.rstrip()}\n```")
-        for name in figures:
-            parts.append(f"![]({fig_dir.name}/{name})")
-    note = (
-        f"\n\n```{{note}}\nThis page is generated from `tutorials/{path.name}`: run it with "
-        f"`python tutorials/{path.name}` (add `PYRO_COMPARE_FAST=1` for a quick run) or open "
-        f"it as a notebook with jupytext.\n```\n"
+    nb.cells = [c for c in nb.cells if c.source.strip()]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = DATA_LINE.sub("", cell.source).strip("\n")
+    nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP_CELL, metadata={"tags": ["remove-cell"]}))
+    if not execute:
+        how = "shown without outputs (execution is off: `PYRO_COMPARE_DOCS_EXECUTE=0`)"
+    elif missing_data(path):
+        how = "shown without outputs: its dataset was not found when the docs were built"
+    else:
+        fast = os.environ.get("PYRO_COMPARE_FAST", "0") == "1"
+        how = f"executed in {'fast' if fast else 'full'} mode when the docs were built"
+        if fast:
+            how += " (subsampled cells, few epochs: the numbers are not the converged ones)"
+    nb.cells.append(
+        nbformat.v4.new_markdown_cell(
+            f"```{{note}}\nThis page is generated from `tutorials/{path.name}`, {how}. Run "
+            f"it with `python tutorials/{path.name}` (add `PYRO_COMPARE_FAST=1` for a quick "
+            f"run) or open it as a notebook with jupytext.\n```"
+        )
     )
-    return "\n\n".join(parts) + note
+    # Fixed cell ids (nbformat draws random ones): an unchanged tutorial gives an unchanged
+    # file, which Sphinx does not read again.
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+    # The executed outputs live in the jupyter-cache, keyed by the code cells: a notebook
+    # whose code did not change is not executed again.
+    nb.metadata.pop("jupytext", None)
+    return nbformat.writes(nb) + "\n"
 
 
-def write_tutorial_pages() -> None:
-    execute = os.environ.get("PYRO_COMPARE_DOCS_EXECUTE", "0") == "1"
+def write_tutorial_pages(app) -> None:
     out = DOCS / "tutorials"
-    for path in sorted(TUTORIALS.glob("[0-9]*.py")):
-        fig_dir = out / f"{path.stem}_files"
-        _write(out / f"{path.stem}.md", tutorial_markdown(path, execute, fig_dir))
+    pages = {out / f"{path.stem}.ipynb": path for path in tutorial_scripts()}
+    # Pages of an older layout or of a removed tutorial would be built (or clash) otherwise.
+    if out.exists():
+        for stale in sorted(out.iterdir()):
+            if stale not in pages:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    execute = app.config.nb_execution_mode != "off"
+    for page, path in pages.items():
+        _write(page, tutorial_notebook(path, execute))
 
 
-def generate(app=None) -> None:
+def generate(app) -> None:
     write_api_pages()
-    write_tutorial_pages()
+    write_tutorial_pages(app)
+
+
+def exclude_tutorials_without_data(app, config) -> None:
+    """Render a tutorial whose dataset is missing as code only (logged), not as a failure."""
+    if config.nb_execution_mode == "off":
+        return
+    for path in tutorial_scripts():
+        missing = missing_data(path)
+        if missing:
+            logger.info(
+                "[pc_docs] tutorials/%s is not executed: %s not found (set PYRO_COMPARE_DATA_DIR)",
+                path.name,
+                ", ".join(map(str, missing)),
+            )
+            config.nb_execution_excludepatterns = [
+                *config.nb_execution_excludepatterns,
+                f"tutorials/{path.stem}.ipynb",
+            ]
 
 
 def setup(app):
+    app.connect("config-inited", exclude_tutorials_without_data)
     app.connect("builder-inited", generate)
     return {"version": "0.1", "parallel_read_safe": True}
