@@ -95,9 +95,7 @@ def load_dataset(name: str, args) -> tuple[pc.data.ComparativeData, dict]:
 
 def library_sizes(data: pc.data.ComparativeData) -> np.ndarray:
     batch = data.full_batch()
-    return np.concatenate(
-        [batch[f"library_{s}"].numpy() for s in ("background", "target") if f"library_{s}" in batch]
-    )
+    return np.concatenate([src.library_n.numpy() for src in batch.values()])
 
 
 # --------------------------------------------------------------------------- fits
