@@ -110,6 +110,16 @@ def test_fit_command_keeps_the_model_when_the_h5ad_cannot_be_written(
     Path(rescued).unlink()
 
 
+def test_fit_command_shows_progress_in_logs(h5ad, tmp_path, capsys):
+    """Not a terminal (a log file): a line with the per-source losses, not a silent fit."""
+    argv = [
+        a for a in _argv(h5ad, tmp_path / "out.h5ad", "--device", "cpu") if a != "--no-progress"
+    ]
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fit:")]
+    assert lines and "background" in lines[0] and "target" in lines[0]
+
+
 def test_fit_command_reports_bad_input(tmp_path, capsys):
     adata = simulate_contrastive(20, 20, 10, 2, 1, seed=0)
     path = tmp_path / "in.h5ad"

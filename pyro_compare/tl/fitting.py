@@ -153,12 +153,13 @@ def fit(
         :func:`pyro_compare.infer.fit`.
     **fit_kwargs
         Passed to :func:`pyro_compare.infer.fit` (``max_epochs``, ``lr``, ``batch_size``,
-        ``seed``, ...).
+        ``seed``, ``device``, ...).
 
     Returns
     -------
     ComparativeModel
-        The fitted model (``model.history_`` holds the history DataFrame).
+        The fitted model, on the CPU also when fitted on another ``device``
+        (``model.history_`` holds the history DataFrame).
     """
     from ..infer.fit import fit as infer_fit
     from ..nn.decoders import COUNT_LIKELIHOODS
@@ -191,6 +192,8 @@ def fit(
     elif isinstance(model, str):
         model = _build_model(model, data, likelihood, hidden, model_kwargs or {})
     hist = infer_fit(model, data, objective=objective, progress=progress, **fit_kwargs)
+    if fit_kwargs.get("device") is not None:
+        model.cpu()  # latents and predictions below work on in-memory (CPU) AnnData arrays
     name = fit_name(key_added)
     settings = data_settings(data, **given)
     setattr(model, MODEL_KEY_ATTR, name)
