@@ -201,16 +201,14 @@ def resolve_data(
 
 
 def align_to_model(model: Any, data: ComparativeData) -> ComparativeData:
-    """``data`` with its genes in the model's order when both know gene names.
+    """``data`` checked against the model, its genes matched to the model's by name.
 
-    Relies on ``ComparativeData.align_features`` (reorders by name, raises on missing
-    genes, warns and drops extra ones); without it the model's own checks apply.
+    ``model.prepare_data`` reorders genes by name, raises on missing genes (how many, the
+    first names), drops extra genes with a warning and checks the likelihood against
+    ``data.counts``.
     """
-    names = getattr(model, "feature_names", None)
-    align = getattr(data, "align_features", None)
-    if names is None or align is None:
-        return data
-    return align(list(names))
+    prepare = getattr(model, "prepare_data", None)
+    return data if prepare is None else prepare(data)
 
 
 # ---------------------------------------------------------------------------- rows / columns

@@ -39,9 +39,14 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _observed_site(trace, source: str) -> dict:
-    """The observed sample site of ``source``'s plate in a model trace."""
+    """The observation site of ``source``'s plate in a model trace (``x_<source>`` by the
+    models' convention; otherwise its one observed, non-deterministic site)."""
+    if f"x_{source}" in trace.nodes:
+        return trace.nodes[f"x_{source}"]
     for node in trace.nodes.values():
         if node["type"] != "sample" or not node.get("is_observed"):
+            continue
+        if node.get("infer", {}).get("_deterministic"):
             continue
         if any(f.name == source for f in node["cond_indep_stack"]):
             return node
