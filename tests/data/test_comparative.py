@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from pyro_compare.data import ComparativeData, DataValidationError, simulate_contrastive
+from pyro_compare.data.sources import SourceBatch
 from pyro_compare.models import ContrastiveVAE
 
 
@@ -36,14 +37,17 @@ def test_library_key_used():
     assert np.all(data.library == 1000.0)
 
 
-def test_batch_keys_are_model_keywords():
+def test_batch_is_a_source_mapping():
     data = ComparativeData.from_anndata(_adata(), "cond", "ctrl")
     batch = next(iter(data.loader(16)))
-    params = set(inspect.signature(ContrastiveVAE.model).parameters) - {"self"}
-    assert set(batch) <= params
-    assert set(inspect.signature(ContrastiveVAE.guide).parameters) - {"self"} == params
-    assert batch["x_background"].dtype.is_floating_point
-    assert batch["n_background"] == len(data.indices("train")["background"])
+    assert list(batch) == ["background", "target"]
+    assert all(isinstance(src, SourceBatch) for src in batch.values())
+    assert batch["background"].role == "background" and batch["target"].role == "target"
+    assert batch["background"].x_ng.dtype.is_floating_point
+    assert batch["background"].n == len(data.indices("train")["background"])
+    # model and guide take the same arguments: the batch, and the observe flag.
+    for fn in (ContrastiveVAE.model, ContrastiveVAE.guide):
+        assert list(inspect.signature(fn).parameters) == ["self", "sources", "observe"]
 
 
 def test_loader_visits_every_training_cell_once_per_epoch():
@@ -53,7 +57,7 @@ def test_loader_visits_every_training_cell_once_per_epoch():
     for batch in data.loader(batch_size=20, seed=1):
         n_steps += 1
         for s in seen:
-            seen[s].extend(batch[f"index_{s}"].tolist())
+            seen[s].extend(batch[s].index_n.tolist())
     assert n_steps == data.n_steps(20)
     for s, idx in data.indices("train").items():
         assert sorted(seen[s]) == sorted(idx.tolist())
@@ -62,7 +66,7 @@ def test_loader_visits_every_training_cell_once_per_epoch():
 def test_small_source_is_cycled():
     data = ComparativeData.from_anndata(_adata(n_b=3, n_t=200), "cond", "ctrl")
     batches = list(data.loader(batch_size=16))
-    assert all(len(b["index_background"]) >= 1 for b in batches)
+    assert all(b["background"].size >= 1 for b in batches)
 
 
 def test_split_is_seeded_and_disjoint():
@@ -83,8 +87,8 @@ def test_minibatch_matches_dense_rows():
     adata = _adata()
     data = ComparativeData.from_anndata(adata, "cond", "ctrl")
     batch = next(iter(data.loader(10, seed=0)))
-    rows = batch["index_target"].numpy()
-    np.testing.assert_array_equal(batch["x_target"].numpy(), adata.X[rows].toarray())
+    rows = batch["target"].index_n.numpy()
+    np.testing.assert_array_equal(batch["target"].x_ng.numpy(), adata.X[rows].toarray())
 
 
 def test_design_matrix_with_combinations_and_exclude():
@@ -99,7 +103,7 @@ def test_design_matrix_with_combinations_and_exclude():
     np.testing.assert_array_equal(data.design[:10].sum(1), 0)
     np.testing.assert_array_equal(data.design[20], [1, 1, 0])
     batch = next(iter(data.loader(8)))
-    assert batch["design_target"].shape[1] == 3
+    assert batch["target"].design_nk.shape[1] == 3
 
 
 @pytest.mark.parametrize(

@@ -58,9 +58,9 @@ class _ExplodeAt(Objective):
     def __init__(self, step):
         self.step, self.calls = step, 0
 
-    def __call__(self, losses, model):
+    def __call__(self, terms):
         self.calls += 1
-        total = sum(losses.values())
+        total = sum(terms.losses.values())
         if self.calls > self.step:
             total = total * torch.tensor(float("nan"))
         return total, {}

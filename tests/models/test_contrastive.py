@@ -57,7 +57,7 @@ def test_posterior_predictive_replicates_data(fitted):
     _, data, model = fitted
     batch = data.full_batch("validation")
     pp = model.posterior_predictive(batch, num_samples=20)
-    x = batch["x_target"]
+    x = batch["target"].x_ng
     assert pp["x_target"].shape == (20, *x.shape)
     assert not torch.equal(pp["x_target"][0], x)  # resampled, not the observations
 

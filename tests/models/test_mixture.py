@@ -89,10 +89,10 @@ def test_elbo_splits_over_the_two_halves():
     m = MixturePriorVAE(data.n_features, 2, 3, hidden=(16,))
     batch = data.full_batch()
     pyro.set_rng_seed(0)
-    losses = SourceTrace_ELBO().source_losses(m.model, m.guide, **batch)
+    losses = SourceTrace_ELBO().source_losses(m.model, m.guide, batch)
     assert set(losses) == {"background", "target"}
     pyro.set_rng_seed(0)
-    total = pyro.infer.Trace_ELBO().differentiable_loss(m.model, m.guide, **batch)
+    total = pyro.infer.Trace_ELBO().differentiable_loss(m.model, m.guide, batch)
     np.testing.assert_allclose(
         float(sum(losses.values()).detach()), float(total.detach()), rtol=1e-5
     )
