@@ -74,17 +74,26 @@ def test_posterior_predictive_replicates_data(fitted):
 
 @pytest.mark.parametrize("likelihood", ["zinb", "poisson", "gaussian"])
 def test_other_likelihoods_fit(likelihood):
+    """Median salient R2 over 3 seeds. With 1 salient dimension and 25 epochs single fits
+    are bimodal (a seed can stay near a collapsed salient code): measured with the default
+    objective over seeds 0-4, poisson 0.41 / 0.56 / 0.94 / 0.95 / 0.95, zinb 0.90-0.95; the
+    median of seeds 0-2 is 0.56 (poisson), so the bar 0.35 leaves a seed-noise margin."""
     counts = likelihood != "gaussian"
     adata = simulate_contrastive(
         300, 300, 30, 2, 1, seed=1, likelihood="nb" if counts else "gaussian"
     )
     data = ComparativeData.from_anndata(adata, "condition", "background", counts=counts)
-    model = ContrastiveVAE(data.n_features, 2, 1, hidden=(32,), likelihood=likelihood)
-    history = fit(model, data, max_epochs=25, lr=1e-2, progress=False, early_stopping=False)
-    assert history["validation_loss"].iloc[-1] < history["validation_loss"].iloc[0]
     target = data.sources["target"]
-    t = model.latent(data, "salient")
-    assert affine_r2(adata.obsm["true_salient"][target], t[target]) > 0.3
+    r2 = []
+    for seed in range(3):
+        model = ContrastiveVAE(data.n_features, 2, 1, hidden=(32,), likelihood=likelihood)
+        history = fit(
+            model, data, max_epochs=25, lr=1e-2, progress=False, early_stopping=False, seed=seed
+        )
+        assert history["validation_loss"].iloc[-1] < history["validation_loss"].iloc[0]
+        t = model.latent(data, "salient")
+        r2.append(affine_r2(adata.obsm["true_salient"][target], t[target]))
+    assert np.median(r2) > 0.35, r2
 
 
 def test_unknown_likelihood():
