@@ -34,6 +34,7 @@ from .perturbation import (
     observed_average_treatment_effect,
     per_perturbation_loss,
     posterior_predictive_check,
+    ppc_statistics,
     ppc_summary,
 )
 
@@ -56,6 +57,7 @@ __all__ += [
     "observed_average_treatment_effect",
     "per_perturbation_loss",
     "posterior_predictive_check",
+    "ppc_statistics",
     "ppc_summary",
 ]
 
