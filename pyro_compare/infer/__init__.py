@@ -2,15 +2,17 @@
 loop and its callbacks, and the poutine handlers that tag sites by source."""
 
 from . import penalties
-from .callbacks import Callback, PerPerturbationLogger
+from .callbacks import ATEAgreementMonitor, Callback, PerPerturbationLogger
 from .elbo import GLOBAL, SourceTerms, SourceTrace_ELBO, site_source
-from .fit import SELECT, TrainingDivergedError, evaluate_losses, fit
+from .fit import FIT_DEFAULTS, SELECT, TrainingDivergedError, evaluate_losses, fit
 from .handlers import SourceMessenger, source_plate
 from .objectives import Constrained, MultiObjective, Objective, Sum, min_norm_weights
 
 __all__ = [
+    "FIT_DEFAULTS",
     "GLOBAL",
     "SELECT",
+    "ATEAgreementMonitor",
     "Callback",
     "Constrained",
     "MultiObjective",

@@ -19,13 +19,16 @@ from ..data.sources import SourceBatch
 from .elbo import SourceTerms
 from .handlers import site_tag
 
-__all__ = ["Callback", "PerPerturbationLogger"]
+__all__ = ["ATEAgreementMonitor", "Callback", "PerPerturbationLogger"]
 
 
 class Callback:
-    """Base class: ``on_step(batch, terms, log) -> dict of floats`` after each step, and
-    ``on_epoch_end(epoch, row)`` after each epoch (``row``: that epoch's history row; a
-    callback may add entries to it)."""
+    """Base class: ``setup(model, data)`` before training, ``on_step(batch, terms, log) ->
+    dict of floats`` after each step, and ``on_epoch_end(epoch, row)`` after each epoch
+    (``row``: that epoch's history row; a callback may add entries to it)."""
+
+    def setup(self, model, data: ComparativeData) -> None:
+        """Called once by ``fit`` before the first step."""
 
     def on_step(
         self, batch: Mapping[str, SourceBatch], terms: SourceTerms, log: Mapping[str, float]
@@ -105,3 +108,66 @@ class PerPerturbationLogger(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._last = dict(state.get("last", {}))
+
+
+class ATEAgreementMonitor(Callback):
+    r"""Held-out ATE agreement of a perturbation model, every ``every`` epochs.
+
+    On the cells of ``split`` (the validation cells by default), the observed average
+    treatment effect of each perturbation :math:`k` with at least ``min_cells`` cells,
+    :math:`\mathrm{ATE}_k = \bar y_k - \bar y_{\text{control}}` with
+    :math:`y = \log(1 + 10^4 x / \sum_g x_g)`, is compared with the model's
+    (:func:`pyro_compare.metrics.perturbation.average_treatment_effect`, ``n_samples``
+    posterior predictive draws of the split's control cells); the mean over perturbations of
+    the Pearson r over genes is logged as ``validation_ate_pearson`` (``fit(select="best_ate")``
+    keeps the epoch where it is highest). The evaluation draws from its own forked RNG, so
+    monitoring does not change the fit.
+    """
+
+    def __init__(
+        self, split: str = "validation", every: int = 5, n_samples: int = 2, min_cells: int = 5
+    ) -> None:
+        self.split = split
+        self.every = int(every)
+        self.n_samples = int(n_samples)
+        self.min_cells = int(min_cells)
+        self._model = None
+        self._data: ComparativeData | None = None
+        self._observed = None
+        self._last_epoch: int | None = None
+
+    def setup(self, model, data: ComparativeData) -> None:
+        from ..data.splits import perturbation_labels
+        from ..metrics.perturbation import observed_average_treatment_effect
+
+        if data.design is None:
+            raise ValueError(
+                "ATEAgreementMonitor (select='best_ate') needs perturbation data: build them "
+                "with ComparativeData.from_anndata(..., perturbation_key=...)."
+            )
+        labels = perturbation_labels(data)[np.concatenate(list(data.indices(self.split).values()))]
+        names, counts = np.unique(labels, return_counts=True)
+        keep = [n for n, c in zip(names, counts) if n != data.background and c >= self.min_cells]
+        if not keep:
+            raise ValueError(
+                f"no perturbation has {self.min_cells} cells in the {self.split!r} split: "
+                f"select='best_ate' needs a validation split with perturbed cells."
+            )
+        self._model, self._data = model, data
+        self._observed = observed_average_treatment_effect(data, keep, split=self.split)
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+        if (epoch + 1) % self.every != 0:
+            return
+        from ..metrics.perturbation import ate_agreement, average_treatment_effect
+
+        with torch.random.fork_rng(devices=[]):
+            predicted = average_treatment_effect(
+                self._model,
+                self._data,
+                list(self._observed.index),
+                n_samples=self.n_samples,
+                split=self.split,
+            )
+        agreement = ate_agreement(predicted, self._observed)
+        row["validation_ate_pearson"] = float(np.nanmean(agreement["pearson_all"]))

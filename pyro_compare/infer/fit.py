@@ -17,14 +17,28 @@ import torch
 
 from ..data.comparative import ComparativeData
 from ..data.sources import sources_to
-from .callbacks import Callback
+from .callbacks import ATEAgreementMonitor, Callback
 from .elbo import GLOBAL, SourceTrace_ELBO
 from .objectives import Objective, Sum
 
-__all__ = ["SELECT", "TrainingDivergedError", "evaluate_losses", "fit"]
+__all__ = ["FIT_DEFAULTS", "SELECT", "TrainingDivergedError", "evaluate_losses", "fit"]
 
-#: Which parameters ``fit`` keeps at the end: the best validation loss or the last epoch.
-SELECT = ("best_validation", "last")
+#: Which parameters ``fit`` keeps at the end: the best validation loss, the last epoch, or
+#: the best held-out ATE agreement (perturbation models; see ``ATEAgreementMonitor``).
+SELECT = ("best_validation", "last", "best_ate")
+
+#: Settings of :func:`fit` left as ``None`` by the caller take the model's
+#: ``default_fit_settings()`` value, else these.
+FIT_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 100,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "lr_schedule": None,
+    "early_stopping": True,
+    "select": "best_validation",
+    "num_particles": 1,
+}
+LR_SCHEDULES = (None, "cosine")
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -122,20 +136,21 @@ def fit(
     model,
     data: ComparativeData,
     objective: Objective | None = None,
-    max_epochs: int = 100,
-    batch_size: int = 128,
-    lr: float = 1e-3,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     seed: int = 0,
     validation: bool = True,
-    early_stopping: bool = True,
+    early_stopping: bool | None = None,
     patience: int = 15,
     min_delta: float = 0.0,
-    select: str = "best_validation",
+    select: str | None = None,
     max_time: float | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    num_particles: int = 1,
+    num_particles: int | None = None,
+    lr_schedule: str | None = None,
     vectorize_particles: bool = True,
     clip_norm: float | None = 10.0,
     weight_decay: float = 0.0,
@@ -160,21 +175,30 @@ def fit(
         How the per-source losses and penalties are combined; ``None``: the model's
         :meth:`~pyro_compare.models.base.ComparativeModel.default_objective` (the same
         default for ``pc.infer.fit``, ``pc.tl.fit`` and the CLI).
-    max_epochs, batch_size, lr
-        Optimisation settings.
+    max_epochs, batch_size, lr, lr_schedule, early_stopping, select, num_particles
+        Left as ``None``, each takes the model's ``default_fit_settings()`` value (e.g. the
+        perturbation models train longer, on larger batches, and keep the last epoch), else
+        :data:`FIT_DEFAULTS` (100 epochs, batch 128, Adam lr 1e-3 with no schedule, early
+        stopping, best validation loss, 1 particle). The settings used are in
+        ``history.attrs["settings"]``. ``lr_schedule="cosine"``: the learning rate decays
+        from ``lr`` to ``lr / 10`` along a half cosine over ``max_epochs``.
     seed
         Seeds everything the fit draws (minibatch order, ELBO samples) in a forked torch
         RNG (the caller's global RNG is untouched), and a model's initial parameters at its
         first fit (:meth:`~pyro_compare.models.base.ComparativeModel.reinitialize`), so the
         same call reproduces a fit bit for bit on CPU from a fresh process.
-    validation, early_stopping, patience, min_delta
-        Validation losses are computed every epoch; with ``early_stopping`` training stops
+    validation, patience, min_delta
+        Validation losses are computed every epoch; with early stopping training stops
         after ``patience`` epochs without improvement of the validation loss, but never
         while the objective reports an unmet constraint (``constraint_satisfied`` below 0.5:
         the constraint failed on most of the epoch's steps).
     select
         Parameters kept at the end: ``"best_validation"`` (the epoch with the best validation
-        loss among those whose constraint held, when early stopping is on) or ``"last"``.
+        loss among those whose constraint held, when early stopping is on), ``"last"``, or
+        ``"best_ate"``: the epoch with the best held-out ATE agreement (mean Pearson r of
+        predicted vs observed average treatment effects on the validation cells, computed
+        every few epochs by an :class:`~pyro_compare.infer.callbacks.ATEAgreementMonitor`,
+        added when absent).
     max_time
         Time budget in seconds: training stops after the epoch that exceeds it.
     checkpoint_dir, resume
@@ -208,8 +232,29 @@ def fit(
         A loss or gradient became NaN/inf; the parameters of the last good epoch are
         restored before raising.
     """
+    given = {
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_schedule": lr_schedule,
+        "early_stopping": early_stopping,
+        "select": select,
+        "num_particles": num_particles,
+    }
+    model_defaults = model.default_fit_settings() if hasattr(model, "default_fit_settings") else {}
+    settings = {
+        k: v if v is not None else model_defaults.get(k, FIT_DEFAULTS[k]) for k, v in given.items()
+    }
+    max_epochs, batch_size, lr = settings["max_epochs"], settings["batch_size"], settings["lr"]
+    early_stopping, select = settings["early_stopping"], settings["select"]
+    num_particles, lr_schedule = settings["num_particles"], settings["lr_schedule"]
     if select not in SELECT:
         raise ValueError(f"unknown select={select!r}; use one of {SELECT}.")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule={lr_schedule!r}; use one of {LR_SCHEDULES}.")
+    callbacks = list(callbacks)
+    if select == "best_ate" and not any(isinstance(c, ATEAgreementMonitor) for c in callbacks):
+        callbacks.append(ATEAgreementMonitor())
     data = model.prepare_data(data) if hasattr(model, "prepare_data") else data
     if hasattr(model, "bind_features"):
         model.bind_features(data)
@@ -234,6 +279,7 @@ def fit(
             max_epochs=max_epochs,
             batch_size=batch_size,
             lr=lr,
+            lr_schedule=lr_schedule,
             seed=seed,
             validation=validation,
             early_stopping=early_stopping,
@@ -246,9 +292,10 @@ def fit(
             progress=progress,
             clip_norm=clip_norm,
             weight_decay=weight_decay,
-            callbacks=list(callbacks),
+            callbacks=callbacks,
             device=device,
         )
+    history.attrs["settings"] = settings
     model._fresh = False
     return history
 
@@ -262,6 +309,7 @@ def _fit_loop(
     max_epochs: int,
     batch_size: int,
     lr: float,
+    lr_schedule: str | None,
     seed: int,
     validation: bool,
     early_stopping: bool,
@@ -280,6 +328,8 @@ def _fit_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     objective.setup(model, params)
     optimizer = torch.optim.Adam(params + objective.parameters(), lr=lr, weight_decay=weight_decay)
+    for cb in callbacks:
+        cb.setup(model, data)
     train_sizes = {s: len(i) for s, i in data.indices("train").items()}
     n_train = sum(train_sizes.values())
     has_validation = validation and min(len(i) for i in data.indices("validation").values()) > 0
@@ -287,6 +337,7 @@ def _fit_loop(
     rows: list[dict[str, Any]] = []
     start_epoch = 0
     best_loss, best_state, bad_epochs = math.inf, None, 0
+    best_ate, best_ate_state = -math.inf, None
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +351,7 @@ def _fit_loop(
             rows = state["history"]
             start_epoch = state["epoch"] + 1
             best_loss, best_state, bad_epochs = state["best"]
+            best_ate, best_ate_state = state.get("best_ate", (-math.inf, None))
             torch.set_rng_state(state["torch_rng"])
 
     good_state = copy.deepcopy(model.state_dict())
@@ -310,6 +362,12 @@ def _fit_loop(
         with pyro.validation_enabled(False):
             for epoch in range(start_epoch, max_epochs):
                 t0 = time.perf_counter()
+                if lr_schedule == "cosine":
+                    # lr -> lr / 10 along a half cosine over max_epochs (set per epoch, so a
+                    # resumed fit continues the same schedule).
+                    factor = 0.1 + 0.45 * (1 + math.cos(math.pi * epoch / max(max_epochs, 1)))
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * factor
                 sums: dict[str, float] = {}
                 n_steps = 0
                 loader = data.loader(
@@ -370,6 +428,9 @@ def _fit_loop(
                     best_loss, best_state, bad_epochs = monitor, good_state, 0
                 elif feasible:
                     bad_epochs += 1
+                ate = row.get("validation_ate_pearson")
+                if ate is not None and math.isfinite(ate) and ate > best_ate:
+                    best_ate, best_ate_state = ate, good_state
                 bar.update(row, list(train_sizes))
                 if ckpt_path is not None:
                     torch.save(
@@ -381,6 +442,7 @@ def _fit_loop(
                             "history": rows,
                             "epoch": epoch,
                             "best": (best_loss, best_state, bad_epochs),
+                            "best_ate": (best_ate, best_ate_state),
                             "torch_rng": torch.get_rng_state(),
                         },
                         ckpt_path,
@@ -393,6 +455,8 @@ def _fit_loop(
         bar.close()
     if select == "best_validation" and early_stopping and best_state is not None:
         model.load_state_dict(best_state)
+    elif select == "best_ate" and best_ate_state is not None:
+        model.load_state_dict(best_ate_state)
     history = pd.DataFrame(rows)
     history.attrs["best_loss"] = best_loss
     history.attrs["stopped_epoch"] = int(rows[-1]["epoch"]) if rows else start_epoch

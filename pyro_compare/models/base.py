@@ -209,6 +209,11 @@ class ComparativeModel(PyroModule):
         if self.feature_names is None:
             self.feature_names = data.feature_names
 
+    def default_fit_settings(self) -> dict[str, Any]:
+        """Settings ``fit`` uses for this model where the caller passes none (see
+        :data:`pyro_compare.infer.fit.FIT_DEFAULTS` for the keys); ``{}``: the global ones."""
+        return {}
+
     # ------------------------------------------------------------------ initialisation
     def reinitialize(self, seed: int) -> None:
         """Redraw every parameter as a freshly built model would, from ``seed``.

@@ -139,6 +139,25 @@ class PerturbationVAE(PerturbationPredictions, ComparativeModel):
             )
         return data
 
+    def default_fit_settings(self) -> dict:
+        """Fit settings of the perturbation models (used where ``fit`` is given none).
+
+        The globals (one effect per perturbation) get one gradient signal per step, and a
+        perturbation's effect keeps improving long after the validation ELBO has flattened
+        (held-out ATE agreement rises to the last epoch while the validation ELBO is best
+        early; issue 14), so these fits run a fixed number of epochs on large batches with a
+        cosine-decayed learning rate and keep the last epoch instead of early-stopping on
+        the ELBO. ``experiments/papalexi/`` measures them.
+        """
+        return {
+            "batch_size": 512,
+            "lr": 2e-3,
+            "lr_schedule": "cosine",
+            "max_epochs": 300,
+            "early_stopping": False,
+            "select": "last",
+        }
+
     # ------------------------------------------------------------------ hooks
     def model_globals(self) -> dict[str, torch.Tensor]:
         """Sample the global sites of the model; returns them by name."""
