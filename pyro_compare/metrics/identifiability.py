@@ -528,3 +528,79 @@ def knn_accuracy_within(
         total_cells += total
     result["weighted_mean"] = total_correct / total_cells if total_cells else float("nan")
     return result
+
+
+def _majority(y_n: np.ndarray) -> Any:
+    """Most frequent value of ``y_n`` (ties: the smallest in sorted order, as sklearn's kNN)."""
+    values, counts = np.unique(y_n, return_counts=True)
+    return values[np.argmax(counts)]
+
+
+def _knn_composition_cv(
+    embedding: Any, labels: Any, groups: Any, k: int = 15, n_folds: int = 5, seed: int = 0
+) -> dict[str, float]:
+    r"""Condition information beyond composition, on the folds of :func:`knn_accuracy`.
+
+    ``labels`` :math:`y` (e.g. the condition) are predicted in the stratified folds that
+    :func:`knn_accuracy` uses (same ``n_folds`` and ``seed``, stratified on ``labels``), by
+    two classifiers fitted on the training folds only:
+
+    * ``"composition_floor"``: a classifier that sees the group :math:`g` (e.g. the cell
+      type) and nothing else, :math:`\hat y_i = \arg\max_c \#\{j \in \mathrm{train} :
+      g_j = g_i, y_j = c\}` (the majority label of the cell's group among the training
+      cells; the overall training majority for a group absent from the training folds);
+    * ``"within_group"``: kNN (``min(k, n)`` neighbours, Euclidean, uniform) on the
+      embedding restricted to training cells of the same group, :math:`\hat y_i =` majority
+      of :math:`y` among the :math:`k` nearest training cells :math:`j` with
+      :math:`g_j = g_i` (a group absent from the training folds: the floor's prediction).
+
+    Each accuracy pools the held-out predictions of all folds,
+    :math:`\frac1n \sum_i \mathbb 1[\hat y_i = y_i]`. ``"within_group_chance"`` is the
+    in-sample accuracy of the group-only classifier,
+
+    .. math::
+
+        \sum_g \frac{n_g}{n} \max_c \frac{n_{g,c}}{n_g},
+
+    the level ``"within_group"`` reaches when the embedding carries no information on
+    :math:`y` beyond :math:`g` (and the cross-validated ``"composition_floor"`` estimates).
+    """
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x_nd, y_n = _check_knn_args(embedding, labels, k, n_folds)
+    g_n = _to_numpy(groups)
+    if g_n.ndim != 1 or g_n.shape[0] != x_nd.shape[0]:
+        raise ValueError(
+            f"`groups` must be 1-D with one entry per row of `embedding` ({x_nd.shape[0]}); "
+            f"got shape {g_n.shape}."
+        )
+    folds = _n_folds_for(y_n, n_folds)
+    if folds == 0:
+        raise ValueError(
+            "`labels` needs at least 2 classes with at least 2 members each for "
+            "cross-validated kNN accuracy."
+        )
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    floor_correct, within_correct = 0, 0
+    for train_idx, test_idx in skf.split(x_nd, y_n):
+        fallback = _majority(y_n[train_idx])
+        for g in pd.unique(g_n[test_idx]):
+            test_g = test_idx[g_n[test_idx] == g]
+            train_g = train_idx[g_n[train_idx] == g]
+            if len(train_g) == 0:
+                floor_pred = within_pred = fallback
+            else:
+                floor_pred = _majority(y_n[train_g])
+                clf = KNeighborsClassifier(n_neighbors=min(k, len(train_g)))
+                clf.fit(x_nd[train_g], y_n[train_g])
+                within_pred = clf.predict(x_nd[test_g])
+            floor_correct += int((y_n[test_g] == floor_pred).sum())
+            within_correct += int((y_n[test_g] == within_pred).sum())
+    n = len(y_n)
+    chance = sum(pd.Series(y_n[g_n == g]).value_counts().iloc[0] for g in pd.unique(g_n)) / n
+    return {
+        "composition_floor": floor_correct / n,
+        "within_group": within_correct / n,
+        "within_group_chance": float(chance),
+    }

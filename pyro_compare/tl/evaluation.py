@@ -80,28 +80,85 @@ def knn_leakage(
     k: int = 15,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """How well each latent predicts ``obs[label_key]`` (kNN, cross-validated).
+    r"""How well each latent predicts ``obs[label_key]`` (kNN, cross-validated).
 
     A background latent that carries the condition *leaks*; the salient latent should carry
-    it. Because composition (e.g. cell types) may differ between conditions, the accuracy
-    *within* each group of ``groups_key`` is reported too (weighted mean over groups); see
-    :func:`pyro_compare.metrics.knn_accuracy` and
-    :func:`~pyro_compare.metrics.knn_accuracy_within`. Rows with NaN latents (cells not
-    fitted) are dropped.
+    it. Because composition (e.g. cell types) may differ between conditions, a latent that
+    knows the cell type and nothing else still predicts the condition better than chance;
+    with ``groups_key`` the table separates that *composition* part from the condition
+    information left *within* each group. Rows with NaN latents (cells not fitted) are
+    dropped; every accuracy of a row is computed on the same cells.
+
+    Notation: :math:`y_i` = ``obs[label_key]`` (the *condition*), :math:`g_i` =
+    ``obs[groups_key]`` (the *label*, e.g. cell type), :math:`n` cells, :math:`n_g` of them
+    in group :math:`g`, :math:`n_{g,c}` of those with condition :math:`c`. Cross-validated
+    accuracies use the stratified folds of :func:`pyro_compare.metrics.knn_accuracy`
+    (``StratifiedKFold(5, shuffle=True, random_state=seed)`` on :math:`y`, at most the
+    size of the smallest class) and pool the held-out predictions,
+    :math:`\frac1n \sum_i \mathbb 1[\hat y_i = y_i]`, each :math:`\hat y_i` from a
+    classifier fitted on the other folds.
 
     Parameters
     ----------
     obsm_keys
         Latents to evaluate (default: those of the unnamed fit; a fit with ``key_added``
         wrote ``X_<key_added>_<kind>``).
+    label_key
+        Column of ``obs`` to predict (the condition).
+    groups_key
+        Column of ``obs`` with the label (e.g. cell type) whose composition may differ
+        between conditions; ``None``: the overall columns only.
+    k, seed
+        Neighbours of every kNN classifier, seed of the folds.
 
     Returns
     -------
     pandas.DataFrame
-        Index ``obsm_keys``; columns ``accuracy``, ``chance`` (majority-class frequency) and,
-        with ``groups_key``, ``accuracy_within`` and ``chance_within``.
+        Index ``obsm_keys``; columns
+
+        ``accuracy``
+            kNN accuracy of :math:`y` from the latent
+            (:func:`~pyro_compare.metrics.knn_accuracy`);
+        ``chance``
+            majority-class frequency :math:`\max_c n_c / n`;
+
+        and, with ``groups_key``,
+
+        ``accuracy_within``, ``chance_within``
+            :func:`~pyro_compare.metrics.knn_accuracy_within`: kNN accuracy of :math:`y`
+            cross-validated separately in each group with at least 10 cells and both
+            conditions (folds of its own), weighted mean over those groups, and the
+            weighted mean of :math:`\max_c n_{g,c}/n_g` over the same groups;
+        ``label_accuracy``
+            kNN accuracy of :math:`g` from the latent (e.g. cell-type accuracy: what a
+            background latent should keep);
+        ``condition_composition_floor``
+            cross-validated accuracy of a classifier that sees only the label: in each fold
+            :math:`\hat y_i = \arg\max_c \#\{j \in \text{train}: g_j = g_i, y_j = c\}`,
+            the majority condition of cell :math:`i`'s label among the training cells (the
+            training majority if the label is absent from them). Compare with
+            ``accuracy``: a latent that encodes the label and nothing about the condition
+            beyond it gets ``accuracy`` :math:`\approx` ``condition_composition_floor``;
+        ``condition_within_label``
+            cross-validated kNN accuracy of :math:`y` with the neighbours restricted to the
+            training cells *of the same label*: :math:`\hat y_i` = majority of :math:`y`
+            among the :math:`\min(k, n^{\text{train}}_{g_i})` nearest training cells
+            :math:`j` with :math:`g_j = g_i` (the floor's prediction for a label absent
+            from the training folds). Same folds and all cells, so it is directly
+            comparable with ``accuracy`` and ``condition_composition_floor``;
+        ``condition_within_label_chance``
+            :math:`\sum_g \frac{n_g}{n} \max_c \frac{n_{g,c}}{n_g}`, the accuracy of the
+            label-only classifier (in-sample): what ``condition_within_label`` reaches
+            when the latent holds no condition information beyond the label. The leakage
+            beyond composition is ``condition_within_label - condition_within_label_chance``
+            (about 0 for a perfect background latent; up to
+            ``1 - condition_within_label_chance`` for a latent that encodes the condition).
     """
-    from ..metrics.identifiability import knn_accuracy, knn_accuracy_within
+    from ..metrics.identifiability import (
+        _knn_composition_cv,
+        knn_accuracy,
+        knn_accuracy_within,
+    )
 
     missing = [key for key in obsm_keys if key not in adata.obsm]
     if missing:
@@ -139,5 +196,13 @@ def knn_leakage(
                 chance += m.sum() * pd.Series(labels[m]).value_counts(normalize=True).iloc[0]
                 n += m.sum()
             rec["chance_within"] = chance / max(n, 1)
+            try:
+                rec["label_accuracy"] = knn_accuracy(emb, groups, k=k, seed=seed)
+            except ValueError:  # one label only, or a label with a single cell
+                rec["label_accuracy"] = float("nan")
+            beyond = _knn_composition_cv(emb, labels, groups, k=k, seed=seed)
+            rec["condition_composition_floor"] = beyond["composition_floor"]
+            rec["condition_within_label"] = beyond["within_group"]
+            rec["condition_within_label_chance"] = beyond["within_group_chance"]
         records.append(rec)
     return pd.DataFrame.from_records(records).set_index("latent")
