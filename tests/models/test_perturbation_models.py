@@ -294,3 +294,38 @@ def test_vectorised_particles_equal_the_loop_in_expectation(name, data):
     vec, loop = np.array(draws[True]), np.array(draws[False])
     se = np.sqrt(vec.var(0) / len(vec) + loop.var(0) / len(loop))
     assert np.all(np.abs(vec.mean(0) - loop.mean(0)) <= 4 * se + 1e-9), (vec.mean(0), loop.mean(0))
+
+
+class _StateRecorder(pc.infer.Callback):
+    """Keeps a copy of the parameters at the end of every epoch."""
+
+    def setup(self, model, data):
+        self.model, self.states = model, []
+
+    def on_epoch_end(self, epoch, row):
+        self.states.append({k: v.clone() for k, v in self.model.state_dict().items()})
+
+
+def test_default_fit_settings_and_best_ate_selection(data):
+    """Perturbation models bring their own fit defaults; select='best_ate' keeps the epoch
+    with the best held-out ATE agreement, logged every few epochs."""
+    data.set_split(pc.data.split_by_cell(data, validation_fraction=0.3, seed=0))
+    model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=3, hidden=(32,))
+    assert model.default_fit_settings()["select"] == "last"
+    recorder = _StateRecorder()
+    history = pc.infer.fit(
+        model,
+        data,
+        max_epochs=6,
+        select="best_ate",
+        callbacks=[pc.infer.ATEAgreementMonitor(every=2, n_samples=1), recorder],
+        progress=False,
+    )
+    settings = history.attrs["settings"]
+    assert settings["batch_size"] == 512 and settings["select"] == "best_ate"
+    assert settings["lr_schedule"] == "cosine" and settings["early_stopping"] is False
+    ate = history["validation_ate_pearson"]
+    assert ate.notna().sum() == 3 and np.isfinite(ate.dropna()).all()
+    best_epoch = int(ate.idxmax())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, recorder.states[best_epoch][name]), name
