@@ -35,8 +35,8 @@ lint: install-test
 
 # The tutorials are executed at build time (myst-nb) and cached (jupyter-cache, keyed by
 # their code): `make docs` runs them in fast mode, and only those whose code changed.
-# `make docs-refresh` empties that cache first (after a package change that changes the
-# outputs); `make docs-full` runs them in full mode (long; its own cache);
+# `make docs-refresh` empties that cache (and Sphinx's saved pages) first, after a
+# package change that changes the outputs; `make docs-full` runs them in full mode (long; its own cache);
 # `make docs-noexec` renders code only.
 SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
@@ -44,7 +44,7 @@ docs: install-test
 	PYRO_COMPARE_FAST=1 $(SPHINX)
 
 docs-refresh: install-test
-	rm -rf docs/_build/.jupyter_cache-fast
+	rm -rf docs/_build/.jupyter_cache-fast docs/_build/html/.doctrees
 	PYRO_COMPARE_FAST=1 $(SPHINX)
 
 docs-full: install-test

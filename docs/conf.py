@@ -32,6 +32,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The notebook kernels inherit this environment.
 os.environ.setdefault("PYRO_COMPARE_FAST", "1")
 os.environ.setdefault("PYRO_COMPARE_THREADS", "1")
+# No progress bars on the pages: without ipywidgets, tqdm.auto prints every update as text.
+os.environ.setdefault("TQDM_DISABLE", "1")
 # ipykernel picks its inline backend (plt.show() -> an image output) only when MPLBACKEND
 # is unset; a headless "Agg" from the caller would leave the pages without figures.
 os.environ.pop("MPLBACKEND", None)

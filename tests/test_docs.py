@@ -110,6 +110,7 @@ def test_tutorial_page_shows_outputs_and_figures(path: Path, html: Path) -> None
     assert "import pyro_compare as pc" in text
     assert "pyro-compare-data" not in text, "the test-runner comment reached the page"
     assert "catch_warnings" not in text, "the hidden set-up cell reached the page"
+    assert "epoch/s" not in text, "a progress bar reached the page"
     for name in DATA_LINE.findall(path.read_text()):
         if not (DATA_DIR / name).exists():
             pytest.skip(f"{path.name} needs {DATA_DIR / name} (set PYRO_COMPARE_DATA_DIR)")
