@@ -1,6 +1,6 @@
 """AnnData -> tensors, validation, held-out splits, simulators with ground truth, datasets."""
 
-from .comparative import SOURCES, ComparativeData, build_design
+from .comparative import SOURCES, ComparativeData, ShardBatch, build_design
 from .datasets import KANG2018, PAPALEXI2021, data_dir, dataset_path
 from .simulate import simulate_contrastive, simulate_mixture, simulate_sparse_shift
 from .splits import (
@@ -18,6 +18,7 @@ __all__ = [
     "SOURCES",
     "ComparativeData",
     "DataValidationError",
+    "ShardBatch",
     "apply_split",
     "build_design",
     "data_dir",

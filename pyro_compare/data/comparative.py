@@ -40,12 +40,27 @@ from .validation import (
     get_matrix,
 )
 
-__all__ = ["ComparativeData", "SOURCES", "TARGET_MODES", "build_design"]
+__all__ = ["ComparativeData", "SOURCES", "TARGET_MODES", "ShardBatch", "build_design"]
 
 #: Source names of the default (pooled-target) layout.
 SOURCES: tuple[str, str] = (BACKGROUND, TARGET)
 #: How target cells become sources: one pooled ``"target"`` source, or one per condition.
 TARGET_MODES = ("pooled", "separate")
+
+
+class ShardBatch(dict):
+    """One rank's share of a data-parallel step: ``{source: SourceBatch}`` (a ``dict``) plus
+    ``global_sizes``, ``{source: rows of the step in all ranks}`` (see
+    :meth:`ComparativeData.loader`)."""
+
+    def __init__(self, *args, global_sizes: Mapping[str, int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.global_sizes: dict[str, int] = dict(global_sizes or {})
+
+    def weights(self) -> dict[str, float]:
+        """Per-source factor ``m_rs / m_s`` that turns this rank's plate scale ``n_s / m_rs``
+        into the global ``n_s / m_s`` (for a *sum* all-reduce of the ranks' gradients)."""
+        return {s: self[s].size / self.global_sizes[s] for s in self}
 
 
 @dataclass
@@ -417,6 +432,8 @@ class ComparativeData:
         shuffle: bool = True,
         split: str | None = "train",
         seed: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[dict[str, SourceBatch]]:
         """Minibatches holding every source, one epoch's worth.
 
@@ -424,7 +441,26 @@ class ComparativeData:
         (at least one cell), so one epoch visits every cell about once. Each batch is a
         ``{source: SourceBatch}`` mapping, the argument of the models' ``model``/``guide``:
         ``svi.step(batch)`` works.
+
+        Data-parallel sharding (``world_size > 1``): ``batch_size`` is the *global* batch.
+        Every rank draws the same epoch order (pass the same ``seed`` on every rank) and the
+        same per-step source minibatches as the 1-process loader with ``batch_size``; rank
+        ``r`` keeps rows ``r::world_size`` of each source's minibatch. So the ranks' shards
+        of a step are disjoint, their union is the 1-process step, every rank makes
+        :meth:`n_steps` steps, and ``SourceBatch.n`` stays the full source size. With
+        ``world_size > 1`` the batches are :class:`ShardBatch` mappings whose
+        ``global_sizes`` give each source's rows in the whole step (all ranks), ``m_s``.
+        Pyro scales rank ``r``'s plate by ``n_s / m_rs``; to reproduce the 1-process
+        gradient exactly, weight rank ``r``'s source-``s`` loss by ``m_rs / m_s`` before a
+        *sum* all-reduce (``world_size * m_rs / m_s`` before an average, as DDP does); when
+        ``m_s`` is divisible by ``world_size`` the weight is 1 (sum: ``1 / world_size``).
+        A source whose step minibatch has fewer than ``world_size`` rows raises
+        :class:`DataValidationError` (a rank would get no cell of it): raise the batch size.
         """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}."
+            )
         idx = self.indices(split)
         sizes = {s: len(i) for s, i in idx.items()}
         for s, n in sizes.items():
@@ -435,10 +471,24 @@ class ComparativeData:
         rng = np.random.default_rng(seed)
         order = {s: (rng.permutation(i) if shuffle else i) for s, i in idx.items()}
         chunks = {s: np.array_split(order[s], min(n_steps, sizes[s])) for s in idx}
+        if world_size > 1:
+            for s, parts in chunks.items():
+                smallest = min(len(p) for p in parts)
+                if smallest < world_size:
+                    raise DataValidationError(
+                        f"source {s!r} ({sizes[s]} {split} cells) gets only {smallest} cell(s) in "
+                        f"some steps of global batch_size={batch_size}, fewer than "
+                        f"world_size={world_size}: a rank would have no {s!r} cell. Use a "
+                        f"larger batch_size (or fewer processes)."
+                    )
         for step in range(n_steps):
             # A source smaller than the number of steps is cycled.
             rows = {s: parts[step % len(parts)] for s, parts in chunks.items()}
-            yield self.batch(rows, sizes)
+            if world_size == 1:
+                yield self.batch(rows, sizes)
+            else:
+                shard = self.batch({s: r[rank::world_size] for s, r in rows.items()}, sizes)
+                yield ShardBatch(shard, global_sizes={s: len(r) for s, r in rows.items()})
 
     def source_loader(
         self, source: str, batch_size: int = 1024, split: str | None = None
