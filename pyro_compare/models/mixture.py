@@ -88,8 +88,10 @@ class MixturePriorVAE(ComparativeModel):
 
     Notes
     -----
-    The initial means are drawn from the global torch RNG: seed it (``pyro.set_rng_seed``)
-    before building the model for reproducible fits.
+    The initial means are drawn from the global torch RNG when the model is built; the
+    first :func:`~pyro_compare.infer.fit` redraws every parameter from its ``seed``
+    (:meth:`~pyro_compare.models.base.ComparativeModel.reinitialize`), so seeded fits are
+    reproducible without seeding anything before.
     """
 
     latent_kinds = ("latent", "responsibilities")
