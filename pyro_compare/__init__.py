@@ -4,10 +4,11 @@ Compare data sources (a background condition against a target one, control cells
 against perturbations) with shared and source-specific latent variables.
 """
 
-from . import data, infer, metrics, models, nn, plotting, tools
+from . import data, infer, metrics, models, nn, plotting, tl, tools
 
-#: scanpy-style aliases: ``pc.tl`` (fit / annotate AnnData), ``pc.pl`` (figures).
-tl = tools
+#: scanpy-style alias: ``pc.pl`` (figures), next to the ``pc.tl`` package (fit / annotate
+#: AnnData; ``pc.tools`` is its former name). Importing the package loads neither
+#: matplotlib nor scanpy: the plotting functions import them when they draw.
 pl = plotting
 
 __version__ = "0.1.0"
