@@ -28,7 +28,7 @@
 # objective that asks for no leakage.
 #
 # Set `PYRO_COMPARE_FAST=1` for a quick run (subsampled cells, few epochs: what the test
-# suite does); the docs render the full run.
+# suite does); the docs show the fast run (`make docs-full` renders the full one).
 
 # %%
 # pyro-compare-data: kang2018_scgen_valid_counts.h5ad

@@ -36,7 +36,8 @@
 # compare the held-out importance-weighted ELBO with a baseline without masks.
 #
 # Set `PYRO_COMPARE_FAST=1` for a quick run (subsampled cells, few epochs: what the test
-# suite does, and its numbers mean nothing); the docs render the full run.
+# suite does, and its numbers mean nothing); the docs show the fast run (`make docs-full`
+# renders the full one).
 
 # %%
 # pyro-compare-data: papalexi2021_sceptre_lowmoi_counts.h5ad

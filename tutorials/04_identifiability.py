@@ -42,7 +42,8 @@
 # different seeds.
 #
 # Set `PYRO_COMPARE_FAST=1` for a quick run (fewer cells, genes, seeds and epochs: what
-# the test suite does, and its numbers mean nothing); the docs render the full run.
+# the test suite does, and its numbers mean nothing); the docs show the fast run
+# (`make docs-full` renders the full one).
 
 # %%
 import os
