@@ -40,6 +40,7 @@ def _toy_guide(x_background, x_target):
 
 def test_toy_sum_equals_trace_elbo(float64):
     pyro.clear_param_store()
+    torch.manual_seed(0)
     x_b, x_t = torch.randn(7), torch.randn(5) + 2
     pyro.set_rng_seed(1)
     losses = SourceTrace_ELBO().source_losses(_toy_model, _toy_guide, x_b, x_t)
@@ -186,20 +187,25 @@ def test_each_term_has_finite_gradients():
 
 
 def test_drops_into_plain_svi_and_exposes_per_source_losses():
+    # Seeded (initialisation, ELBO samples, minibatch order) so the run is the same every time.
     pyro.clear_param_store()
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
     adata = simulate_contrastive(200, 200, 30, 2, 1, seed=3, library_mean=500)
     data = ComparativeData.from_anndata(adata, "condition", "background")
     model = ContrastiveVAE(data.n_features, 2, 1, hidden=(32,))
     elbo = SourceTrace_ELBO()
     svi = SVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-2}), loss=elbo)
     first = None
-    for _ in range(8):
-        for batch in data.loader(batch_size=64):
+    for epoch in range(8):
+        for batch in data.loader(batch_size=64, seed=epoch):
             loss = svi.step(batch)
             first = loss if first is None else first
             # The step's per-source losses, from the step's own traces (no second run).
             assert set(elbo.last_source_losses) == {"background", "target"}
             assert sum(elbo.last_source_losses.values()) == pytest.approx(loss, rel=1e-5)
+    # first - last step loss: 16360 +- 2990 (10 seeds; experiments/test_thresholds/measure.py
+    # case plain_svi): > 0 is 5 sd away
     assert loss < first
     samples = pyro.infer.Predictive(model.model, guide=model.guide, num_samples=3)(batch)
     assert samples["t_target"].shape == (3, batch["target"].size, 1)

@@ -15,7 +15,9 @@ from pyro_compare.metrics.identifiability import (
     mcc_matching,
 )
 
-FAST = settings(max_examples=30, deadline=None)
+# derandomize: the same 30 examples on every run (seeded, like the rest of the suite); a
+# random draw per run would make a pass on one machine say nothing about the next.
+FAST = settings(max_examples=30, deadline=None, derandomize=True)
 seeds = st.integers(0, 2**32 - 1)
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -55,6 +56,10 @@ def test_save_load_round_trip(fitted, tmp_path):
 
 def test_posterior_predictive_replicates_data(fitted):
     _, data, model = fitted
+    # Seeded: the replicates and the untrained model would otherwise depend on the tests run
+    # before this one.
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
     batch = data.full_batch("validation")
     pp = model.posterior_predictive(batch, num_samples=20)
     x = batch["target"].x_ng

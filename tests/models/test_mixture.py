@@ -10,6 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import pyro_compare as pc
 from pyro_compare.data import DataValidationError, simulate_mixture
+from pyro_compare.data.sources import sources_to
 from pyro_compare.infer import SourceTrace_ELBO
 from pyro_compare.metrics.identifiability import affine_r2
 from pyro_compare.models import MixturePriorVAE, load_model, single_source_data
@@ -25,21 +26,26 @@ def _random_prior(model: MixturePriorVAE, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
 def test_prior_density_is_the_mixture(covariance):
+    # In float64 (model and reference): float32 round-off of the log-densities (~1e-7 relative,
+    # CPU-dependent) would leave a tolerance of 1e-5 on the responsibilities only ~10x margin.
     torch.manual_seed(0)
     m = MixturePriorVAE(10, n_latent=3, n_components=4, covariance=covariance)
     _random_prior(m)
-    z = torch.randn(50, 3) * 2
+    m = m.double()
+    z = torch.randn(50, 3, dtype=torch.float64) * 2
     params = m.prior_parameters()
     # log p(z) = logsumexp_k [log pi_k + log N(z; mu_k, Sigma_k)], computed independently.
     w, mu, cov = (torch.as_tensor(params[k], dtype=torch.float64) for k in params)
     comp = torch.distributions.MultivariateNormal(mu, covariance_matrix=cov)
-    log_joint = comp.log_prob(z.double().unsqueeze(-2)) + w.log()
+    log_joint = comp.log_prob(z.unsqueeze(-2)) + w.log()
     expected = torch.logsumexp(log_joint, dim=-1)
-    np.testing.assert_allclose(m.z_dist(50).log_prob(z).detach(), expected, rtol=1e-4)
+    log_p = m.z_dist(50).log_prob(z).detach()
+    assert log_p.dtype == torch.float64
+    np.testing.assert_allclose(log_p, expected, rtol=1e-10)  # measured: ~4e-16
     # Responsibilities are Bayes' rule on the same joint.
-    r = m.responsibilities_of(z).detach().double()
-    np.testing.assert_allclose(r, torch.softmax(log_joint, -1), atol=1e-5)
-    np.testing.assert_allclose(r.sum(-1), 1.0, atol=1e-6)
+    r = m.responsibilities_of(z).detach()
+    np.testing.assert_allclose(r, torch.softmax(log_joint, -1), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(r.sum(-1), 1.0, rtol=0, atol=1e-12)
     assert np.allclose(params["weights"].sum(), 1.0)
     if covariance == "diagonal":
         off = cov - torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))
@@ -48,13 +54,13 @@ def test_prior_density_is_the_mixture(covariance):
 
 
 def test_one_component_is_the_isotropic_prior():
-    m = MixturePriorVAE(10, n_latent=3, n_components=1)
+    m = MixturePriorVAE(10, n_latent=3, n_components=1).double()
     # No learnable prior: only encoder and decoder parameters.
     names = [n for n, _ in m.named_parameters()]
     assert not any(n.startswith(("logits_k", "loc_kd", "raw_scale")) for n in names)
-    z = torch.randn(20, 3)
+    z = torch.randn(20, 3, dtype=torch.float64)
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    np.testing.assert_allclose(m.z_dist(20).log_prob(z), expected, rtol=1e-6)
+    np.testing.assert_allclose(m.z_dist(20).log_prob(z), expected, rtol=1e-12)
     np.testing.assert_allclose(m.responsibilities_of(z), 1.0)
     assert m.prior_parameters()["covariances"].shape == (1, 3, 3)
 
@@ -83,26 +89,27 @@ def test_single_source_data_interleaves_and_keeps_rows():
 
 
 def test_elbo_splits_over_the_two_halves():
+    # In float64: both sides sum 64 x 20 NB terms (~1e4) in different orders.
     adata = simulate_mixture(64, 20, 2, 3, seed=1)
     data = single_source_data(adata)
     torch.manual_seed(0)
-    m = MixturePriorVAE(data.n_features, 2, 3, hidden=(16,))
-    batch = data.full_batch()
+    m = MixturePriorVAE(data.n_features, 2, 3, hidden=(16,)).double()
+    batch = sources_to(data.full_batch(), dtype=torch.float64)
     pyro.set_rng_seed(0)
     losses = SourceTrace_ELBO().source_losses(m.model, m.guide, batch)
     assert set(losses) == {"background", "target"}
     pyro.set_rng_seed(0)
     total = pyro.infer.Trace_ELBO().differentiable_loss(m.model, m.guide, batch)
+    assert total.dtype == torch.float64
     np.testing.assert_allclose(
-        float(sum(losses.values()).detach()), float(total.detach()), rtol=1e-5
-    )
+        float(sum(losses.values()).detach()), float(total.detach()), rtol=1e-12
+    )  # measured: ~2e-16
 
 
 @pytest.fixture(scope="module")
 def fitted():
     """A mixture-prior fit on 3 well-separated clusters (d = 2), with the prior re-initialised
     from a GMM on the encoded means after a short warm-up."""
-    torch.set_num_threads(1)
     adata = simulate_mixture(1500, 100, 2, 3, seed=0, separation=5.0, component_scale=(0.3, 0.6))
     data = single_source_data(adata)
     pyro.set_rng_seed(0)

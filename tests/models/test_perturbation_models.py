@@ -76,7 +76,9 @@ def test_straight_through_bernoulli():
     assert set(m.detach().unique().tolist()) <= {0.0, 1.0}
     np.testing.assert_allclose(m.mean(0).detach(), torch.sigmoid(logits).detach(), atol=0.03)
     np.testing.assert_allclose(
-        d.log_prob(m).detach(), dist.Bernoulli(logits=logits).log_prob(m.detach()).detach()
+        d.log_prob(m).detach(),
+        dist.Bernoulli(logits=logits).log_prob(m.detach()).detach(),
+        rtol=1e-6,  # float32 values: a few ulps, not numpy's default 1e-7 (< 1 ulp)
     )
     (m * torch.tensor([1.0, 2.0, 3.0])).sum().backward()  # relaxed gradient reaches logits
     assert torch.all(logits.grad > 0)
@@ -113,11 +115,16 @@ def test_sites_and_plates(name, data):
 
 
 def test_minibatch_scaling_is_pyro_subsample_semantics(data):
-    """Local terms are scaled by N_s / B_s (Pyro's subsample plates), global terms are not."""
-    model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=3, hidden=(32,))
+    """Local terms are scaled by N_s / B_s (Pyro's subsample plates), global terms are not.
+
+    In float64: the local terms are sums of ~500 NB log-densities scaled by up to 86 (~1e5),
+    added up in a different order by the ELBO and by this test; float32 round-off of such a
+    sum depends on the CPU (vector width, threads), float64's is ~1e-16 relative (measured),
+    far inside ``assert_close``'s float64 default (rtol 1e-7)."""
+    model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=3, hidden=(32,)).double()
     elbo = SourceTrace_ELBO()
     sizes = {"background": 400, "target": 600}
-    batch = _small_batch(data, 5, 7, sizes)
+    batch = sources_to(_small_batch(data, 5, 7, sizes), dtype=torch.float64)
     with pyro.validation_enabled(True):
         pyro.set_rng_seed(3)
         losses = elbo.source_losses(model.model, model.guide, batch)
@@ -132,6 +139,7 @@ def test_minibatch_scaling_is_pyro_subsample_semantics(data):
         assert model_tr.nodes[name]["scale"] == 1.0
     g_expected = unscaled(guide_tr, ["mask", "effect"]) - unscaled(model_tr, ["mask", "effect"])
     torch.testing.assert_close(losses["global"], g_expected)
+    assert all(v.dtype == torch.float64 for v in losses.values())
     for s, b in (("background", 5), ("target", 7)):
         scale = sizes[s] / b
         assert model_tr.nodes[f"z_{s}"]["scale"] == pytest.approx(scale)
@@ -141,7 +149,8 @@ def test_minibatch_scaling_is_pyro_subsample_semantics(data):
         )
         torch.testing.assert_close(losses[s], expected)
     # Doubling the plate sizes doubles the local terms and leaves the global term unchanged.
-    batch2 = _small_batch(data, 5, 7, {s: 2 * n for s, n in sizes.items()})
+    doubled = {s: 2 * n for s, n in sizes.items()}
+    batch2 = sources_to(_small_batch(data, 5, 7, doubled), dtype=torch.float64)
     pyro.set_rng_seed(3)
     losses2 = elbo.source_losses(model.model, model.guide, batch2)
     torch.testing.assert_close(losses2["global"], losses["global"])
