@@ -13,7 +13,15 @@ SourceBatch}`` (:mod:`pyro_compare.data.sources`) drawn from every source at eac
 a model's ``pyro.plate(<source name>, ...)`` can subsample each source with Pyro's usual
 scaling.
 
-Sparse matrices stay sparse; one minibatch at a time is densified.
+Sparse matrices stay sparse; one minibatch at a time is densified. The design is a sparse
+CSR matrix; its rows are densified per minibatch too.
+
+Data on disk: ``from_anndata`` also takes a path (``.h5ad``, ``.zarr``), a backed AnnData
+(``read_h5ad(path, backed="r")``) or a list of them (e.g. one file per plate, same genes).
+Then ``matrix`` is a :class:`~pyro_compare.data.streaming.RowStore`: library sizes and the
+input checks come from one chunked pass, and the loader reads shuffled blocks of
+contiguous rows through a buffer (:mod:`pyro_compare.data.streaming`), so memory does not
+grow with the number of cells.
 """
 
 from __future__ import annotations
@@ -31,6 +39,16 @@ import torch
 
 from .design import build_design
 from .sources import BACKGROUND, RESERVED_SOURCE_NAMES, TARGET, SourceBatch
+from .streaming import (
+    BLOCK_SIZE,
+    BUFFER_BLOCKS,
+    RowStore,
+    SourceStream,
+    _is_path,
+    block_order,
+    open_parts,
+    sparse_design,
+)
 from .validation import (
     DataValidationError,
     check_labels,
@@ -38,6 +56,7 @@ from .validation import (
     check_obs_key,
     check_values_present,
     get_matrix,
+    scan_matrix,
 )
 
 __all__ = ["ComparativeData", "SOURCES", "TARGET_MODES", "ShardBatch", "build_design"]
@@ -86,7 +105,16 @@ class ComparativeData:
     library
         Library size ``l_n`` per cell (float32 array).
     design
-        Multi-hot perturbation design ``d_nk`` (n_cells x n_perturbations) or ``None``.
+        Multi-hot perturbation design ``d_nk`` (n_cells x n_perturbations, scipy CSR float32)
+        or ``None``; minibatches carry its rows densified (``SourceBatch.design_nk``).
+    matrix
+        The data: a scipy CSR matrix or array in memory, or a
+        :class:`~pyro_compare.data.streaming.RowStore` over files on disk (``streamed``).
+    block_size, buffer_blocks
+        Epoch order of :meth:`loader`: ``block_size=None`` is a full random permutation (the
+        in-memory default); an integer shuffles blocks of that many consecutive rows, then
+        rows within buffers of ``buffer_blocks`` blocks (the streamed default,
+        :func:`~pyro_compare.data.streaming.block_order`). Change with :meth:`set_shuffle`.
     perturbation_names
         Names of the K perturbations (columns of ``design``).
     """
@@ -107,21 +135,30 @@ class ComparativeData:
         seed: int = 0,
         targets: str = "pooled",
         library_from_data: bool = True,
+        block_size: int | None = None,
+        buffer_blocks: int = BUFFER_BLOCKS,
     ) -> None:
         if targets not in TARGET_MODES:
             raise ValueError(f"unknown targets={targets!r}; use one of {TARGET_MODES}.")
         self.adata = adata
-        self.matrix = matrix.tocsr() if sp.issparse(matrix) else np.asarray(matrix)
+        if isinstance(matrix, RowStore):
+            self.matrix = matrix
+        else:
+            self.matrix = matrix.tocsr() if sp.issparse(matrix) else np.asarray(matrix)
         self.condition = np.asarray(condition).astype(str)
         self.background = str(background)
         self.library = np.asarray(library, dtype=np.float32)
         self.library_from_data = library_from_data
         self.counts = counts
-        self.design = None if design is None else np.asarray(design, dtype=np.float32)
+        if design is not None:
+            design = sp.csr_matrix(design if sp.issparse(design) else np.asarray(design))
+            design = design.astype(np.float32)
+        self.design = design
         self.perturbation_names = list(perturbation_names)
         self.condition_key = condition_key
         self.layer = layer
         self.targets = targets
+        self.set_shuffle(block_size, buffer_blocks)
         is_bg = self.condition == self.background
         self.sources: dict[str, np.ndarray] = {BACKGROUND: np.flatnonzero(is_bg)}
         if targets == "pooled":
@@ -164,13 +201,20 @@ class ComparativeData:
         validation_fraction: float = 0.1,
         seed: int = 0,
         targets: str = "pooled",
+        block_size: int | None | str = "auto",
+        buffer_blocks: int = BUFFER_BLOCKS,
     ) -> ComparativeData:
-        """Build from an AnnData object.
+        """Build from an AnnData object, a file, or several files.
 
         Parameters
         ----------
         adata
-            Cells x features; raw counts in ``X`` or in ``layers[layer]``.
+            Cells x features; raw counts in ``X`` or in ``layers[layer]``. An AnnData in
+            memory, or data left on disk and streamed: a path to an ``.h5ad`` / ``.zarr``,
+            a backed AnnData (``anndata.read_h5ad(path, backed="r")``), or a list of
+            paths / AnnData objects fitted together (e.g. one file per plate; the same genes
+            by name, in any order; ``obs`` concatenated, duplicate cell names made unique
+            as ``"<name>-<file index>"``). On-disk matrices must be CSR (or dense).
         condition_key
             ``obs`` column giving each cell's condition.
         background
@@ -196,6 +240,10 @@ class ComparativeData:
             ``"separate"``: one target source per value of ``condition_key`` (named by the
             value), e.g. control + IFN-beta + LPS, or time points. Each source gets its own
             plate and its own term in :class:`~pyro_compare.infer.SourceTrace_ELBO`.
+        block_size, buffer_blocks
+            Epoch order of the loader (see the class docs): ``"auto"`` is a full permutation
+            in memory and blocks of :data:`~pyro_compare.data.streaming.BLOCK_SIZE` rows on
+            disk.
 
         Raises
         ------
@@ -206,13 +254,25 @@ class ComparativeData:
             always line up with ``adata``: filter them first with
             ``scanpy.pp.filter_cells(adata, min_counts=1)``.
         """
+        streamed = (
+            _is_path(adata) or isinstance(adata, (list, tuple)) or getattr(adata, "isbacked", False)
+        )
+        if streamed:
+            adata, parts = open_parts(adata, layer)
+            store = RowStore(parts)
+        if block_size == "auto":
+            block_size = BLOCK_SIZE if streamed else None
         condition = check_labels(adata, condition_key, "condition_key")
         check_values_present([background], np.unique(condition), condition_key, "background value")
         if exclude:
             exclude = [str(e) for e in exclude]
             check_values_present(exclude, np.unique(condition), condition_key, "excluded value(s)")
             keep = ~np.isin(condition, exclude)
-            adata = adata[keep].copy()
+            if streamed:
+                store = RowStore(parts, np.flatnonzero(keep))
+                adata = adata[keep]
+            else:
+                adata = adata[keep].copy()
             condition = condition[keep]
         if not adata.var_names.is_unique:
             dup = list(adata.var_names[adata.var_names.duplicated()][:3])
@@ -220,9 +280,15 @@ class ComparativeData:
                 f"adata.var_names has duplicated feature names (first: {dup}); genes are "
                 f"matched by name. Make them unique with adata.var_names_make_unique()."
             )
-        matrix = get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_matrix_values(matrix, counts=counts, where=where)
+        if streamed:
+            # One chunked pass: value checks and row sums, never the whole matrix.
+            matrix = store
+            row_sums = scan_matrix(store.chunks(), counts=counts, where=where)
+        else:
+            matrix = get_matrix(adata, layer)
+            check_matrix_values(matrix, counts=counts, where=where)
+            row_sums = None
         if library_key is not None:
             check_obs_key(adata, library_key, "library_key")
             library = adata.obs[library_key].to_numpy(dtype=np.float64)
@@ -231,9 +297,13 @@ class ComparativeData:
                     f"adata.obs[{library_key!r}] must hold positive finite library sizes."
                 )
         else:
-            library = np.asarray(matrix.sum(axis=1)).ravel().astype(np.float64)
+            if row_sums is None:
+                row_sums = np.asarray(matrix.sum(axis=1)).ravel().astype(np.float64)
+            library = row_sums
         if counts:
-            zero = np.flatnonzero(np.asarray(matrix.sum(axis=1)).ravel() == 0)
+            if row_sums is None:
+                row_sums = np.asarray(matrix.sum(axis=1)).ravel()
+            zero = np.flatnonzero(row_sums == 0)
             if zero.size:
                 raise DataValidationError(
                     f"{zero.size} cell(s) have zero total counts in {where} (first: "
@@ -244,7 +314,7 @@ class ComparativeData:
         names: list[str] = []
         if perturbation_key is not None:
             labels = check_labels(adata, perturbation_key, "perturbation_key")
-            design, names = build_design(labels, control=background, separator=separator)
+            design, names = sparse_design(labels, control=background, separator=separator)
         return cls(
             adata,
             matrix,
@@ -260,6 +330,8 @@ class ComparativeData:
             seed=seed,
             targets=targets,
             library_from_data=library_key is None,
+            block_size=block_size,
+            buffer_blocks=buffer_blocks,
         )
 
     # ------------------------------------------------------------------ properties
@@ -270,6 +342,22 @@ class ComparativeData:
     @property
     def n_features(self) -> int:
         return self.matrix.shape[1]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the data stay on disk (``matrix`` is a RowStore)."""
+        return isinstance(self.matrix, RowStore)
+
+    def set_shuffle(
+        self, block_size: int | None = None, buffer_blocks: int = BUFFER_BLOCKS
+    ) -> ComparativeData:
+        """Set the loader's epoch order (in place; returns self): ``block_size=None`` is a full
+        random permutation, an integer a block shuffle (see the class docs)."""
+        if block_size is not None and (int(block_size) < 1 or int(buffer_blocks) < 1):
+            raise ValueError("block_size and buffer_blocks must be positive (or block_size=None).")
+        self.block_size = None if block_size is None else int(block_size)
+        self.buffer_blocks = int(buffer_blocks)
+        return self
 
     @property
     def n_perturbations(self) -> int:
@@ -388,16 +476,27 @@ class ComparativeData:
             block = block.toarray()
         return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
 
-    def source_batch(self, source: str, rows: np.ndarray, n: int | None = None) -> SourceBatch:
+    def _design_rows(self, rows: np.ndarray) -> torch.Tensor:
+        block = self.design[rows]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+
+    def source_batch(
+        self, source: str, rows: np.ndarray, n: int | None = None, x=None
+    ) -> SourceBatch:
         """The :class:`SourceBatch` of ``rows`` (row positions) of ``source``; ``n`` is the
-        plate size (the number of cells of the split the rows are drawn from)."""
+        plate size (the number of cells of the split the rows are drawn from); ``x`` the
+        rows' data when already read (else read from ``matrix``)."""
         r = np.asarray(rows, dtype=np.int64)
+        if x is not None:
+            x = x.toarray() if sp.issparse(x) else x
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         return SourceBatch(
-            x_ng=self.dense(r),
+            x_ng=self.dense(r) if x is None else x,
             library_n=torch.from_numpy(self.library[r]),
             index_n=torch.from_numpy(r),
             n=int(n) if n is not None else len(r),
-            design_nk=None if self.design is None else torch.from_numpy(self.design[r]),
+            design_nk=None if self.design is None else self._design_rows(r),
             role=self.source_roles[source],
         )
 
@@ -469,7 +568,20 @@ class ComparativeData:
         total = sum(sizes.values())
         n_steps = max(1, math.ceil(total / batch_size))
         rng = np.random.default_rng(seed)
-        order = {s: (rng.permutation(i) if shuffle else i) for s, i in idx.items()}
+        streams = None
+        if self.block_size is None and not self.streamed:
+            order = {s: (rng.permutation(i) if shuffle else i) for s, i in idx.items()}
+        else:
+            # Read through per-source buffers (chunk-friendly when block_size is set).
+            order, streams = {}, {}
+            for s, i in idx.items():
+                if shuffle and self.block_size is not None:
+                    order[s], bounds = block_order(i, rng, self.block_size, self.buffer_blocks)
+                else:
+                    order[s] = rng.permutation(i) if shuffle else i
+                    step = (self.block_size or BLOCK_SIZE) * self.buffer_blocks
+                    bounds = np.unique(np.r_[np.arange(0, len(i), step), len(i)])
+                streams[s] = SourceStream(self.matrix, order[s], bounds)
         chunks = {s: np.array_split(order[s], min(n_steps, sizes[s])) for s in idx}
         if world_size > 1:
             for s, parts in chunks.items():
@@ -481,14 +593,23 @@ class ComparativeData:
                         f"world_size={world_size}: a rank would have no {s!r} cell. Use a "
                         f"larger batch_size (or fewer processes)."
                     )
+        starts = {s: np.cumsum([0] + [len(p) for p in parts]) for s, parts in chunks.items()}
+        shard = slice(rank, None, world_size)
         for step in range(n_steps):
             # A source smaller than the number of steps is cycled.
             rows = {s: parts[step % len(parts)] for s, parts in chunks.items()}
-            if world_size == 1:
-                yield self.batch(rows, sizes)
+            if streams is None:
+                batch = self.batch({s: r[shard] for s, r in rows.items()}, sizes)
             else:
-                shard = self.batch({s: r[rank::world_size] for s, r in rows.items()}, sizes)
-                yield ShardBatch(shard, global_sizes={s: len(r) for s, r in rows.items()})
+                batch = {}
+                for s, r in rows.items():
+                    j = step % len(chunks[s])
+                    x = streams[s].take(int(starts[s][j]), int(starts[s][j + 1]))
+                    batch[s] = self.source_batch(s, r[shard], sizes[s], x=x[shard])
+            if world_size == 1:
+                yield batch
+            else:
+                yield ShardBatch(batch, global_sizes={s: len(r) for s, r in rows.items()})
 
     def source_loader(
         self, source: str, batch_size: int = 1024, split: str | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from .comparative import ComparativeData
 from .validation import DataValidationError
@@ -47,8 +48,15 @@ def labels_from_design(
     design_nk: np.ndarray, names: Sequence[str], control: str, separator: str = "+"
 ) -> np.ndarray:
     """Canonical label per row of a multi-hot design: ``control``, ``"A"`` or ``"A+B"``."""
-    design_nk = np.asarray(design_nk) > 0.5
     names = np.asarray(list(names), dtype=object)
+    if sp.issparse(design_nk):  # sparse designs: read each row's columns, never densify
+        csr = sp.csr_matrix(design_nk > 0.5)
+        csr.sort_indices()
+        cols = np.split(csr.indices, csr.indptr[1:-1])
+        return np.array(
+            [separator.join(names[c]) if c.size else control for c in cols], dtype=object
+        )
+    design_nk = np.asarray(design_nk) > 0.5
     return np.array(
         [separator.join(names[row]) if row.any() else control for row in design_nk], dtype=object
     )

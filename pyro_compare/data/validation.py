@@ -13,6 +13,7 @@ __all__ = [
     "check_matrix_values",
     "check_obs_key",
     "get_matrix",
+    "scan_matrix",
 ]
 
 
@@ -35,9 +36,9 @@ def get_matrix(adata, layer: str | None):
     if getattr(adata, "isbacked", False):
         raise DataValidationError(
             f"the AnnData is backed (opened with read_h5ad(..., backed='r'), file "
-            f"{adata.filename}): its matrix is not loaded into memory. Load it with "
-            f"adata = adata.to_memory() (or read_h5ad without backed=) before building "
-            f"ComparativeData."
+            f"{adata.filename}): its matrix is not loaded into memory. Pass it (or the path) "
+            f"to ComparativeData.from_anndata, which streams it from disk, or load it with "
+            f"adata = adata.to_memory()."
         )
     if layer is None:
         if adata.X is None:
@@ -133,3 +134,18 @@ def check_values_present(values: Iterable, allowed: Iterable, key: str, what: st
             f"{what} {missing!r} not found in adata.obs[{key!r}] (values: {shown}). "
             f"Check the spelling or pass one of the listed values."
         )
+
+
+def scan_matrix(chunks, counts: bool, where: str) -> np.ndarray:
+    """One streaming pass over ``(first row, block)`` chunks of a matrix on disk.
+
+    Checks every block as :func:`check_matrix_values` does (non-numeric, NaN / inf, and for
+    counts negative or non-integer values) and returns the row sums (float64), from which
+    the caller takes library sizes and finds zero-count cells; the matrix is never loaded
+    whole.
+    """
+    sums = []
+    for _, block in chunks:
+        check_matrix_values(block, counts=counts, where=where)
+        sums.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+    return np.concatenate(sums) if sums else np.zeros(0)

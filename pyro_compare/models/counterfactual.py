@@ -48,25 +48,27 @@ class PerturbationPredictions:
         sample_counts: bool,
         batch_size: int,
     ) -> Iterator[tuple[int, np.ndarray, int, torch.Tensor]]:
-        """Yield ``(sample, rows, j, x_or_mean)`` for every sample, row chunk and design."""
+        """Yield ``(sample, rows, j, x_or_mean)`` for every sample, row chunk and design
+        (computed on the model's device; ``x_or_mean`` is returned on the CPU)."""
         if basal not in ("control", "prior"):
             raise ValueError("basal must be 'control' (abducted from cells) or 'prior'.")
-        designs = torch.as_tensor(designs_jk, dtype=torch.float32)
+        device = next(self.parameters()).device
+        designs = torch.as_tensor(designs_jk, dtype=torch.float32, device=device)
         for s in range(n_samples):
             g = self._guide_global_sample()
             effect_kd = self.effect_matrix(g)
             for start in range(0, len(rows), batch_size):
                 r = rows[start : start + batch_size]
-                x = data.dense(r)
-                library = torch.from_numpy(data.library[r])
+                x = data.dense(r).to(device)
+                library = torch.from_numpy(data.library[r]).to(device)
                 if basal == "prior":
-                    z0 = torch.randn(len(r), self.n_latent)
+                    z0 = torch.randn(len(r), self.n_latent, device=device)
                 else:
                     own = (
-                        torch.from_numpy(data.design[r])
+                        torch.from_numpy(data.design[r].toarray())
                         if data.design is not None
                         else x.new_zeros(len(r), self.n_perturbations)
-                    )
+                    ).to(device)
                     z0, _ = self._basal(g, x, own, sample=True)
                 for j in range(designs.shape[0]):
                     d_nk = designs[j].expand(len(r), -1)
@@ -75,7 +77,7 @@ class PerturbationPredictions:
                         out = self.x_dist(z, d_nk, library).sample()
                     else:
                         out = self.decoder.mean(self.decoder_input(z, d_nk), library)
-                    yield s, r, j, out
+                    yield s, r, j, out.cpu()
 
     @torch.no_grad()
     def counterfactual(

@@ -55,7 +55,7 @@ def test_simulator_ground_truth(adata):
 
 
 def test_simulator_design_matches_data_design(data, adata):
-    np.testing.assert_array_equal(data.design, adata.obsm["design"])
+    np.testing.assert_array_equal(data.design.toarray(), adata.obsm["design"])
     assert data.perturbation_names == adata.uns["perturbation_names"]
 
 
