@@ -15,8 +15,16 @@ def _set_threads(threads: int | None) -> None:
     import torch
 
     if threads is None:
-        threads = min(os.cpu_count() or 1, 4)
+        # Under torchrun, the processes of one node share its cores.
+        per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        threads = min((os.cpu_count() or 1) // per_node, 4)
     torch.set_num_threads(max(1, threads))
+
+
+def _torchrun() -> bool:
+    """Started by torchrun (or another launcher setting the torch.distributed environment)
+    with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def run_demo(
@@ -206,6 +214,24 @@ def _save_model(model, path: Path) -> None:
 
 
 def _fit_command(args: argparse.Namespace) -> None:
+    """``fit``; under torchrun every process fits its shard (data-parallel, see
+    :mod:`pyro_compare.infer.distributed`) and rank 0 writes the outputs."""
+    if not _torchrun():
+        _fit_one(args)
+        return
+    import torch.distributed as dist
+
+    from .infer.distributed import init_process_group
+
+    created = init_process_group(args.device)
+    try:
+        _fit_one(args, distributed=True, main=dist.get_rank() == 0)
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fit_one(args: argparse.Namespace, distributed: bool = False, main: bool = True) -> None:
     data_path, out = Path(args.data), Path(args.out)
     save_model = Path(args.save_model) if args.save_model else None
     _check_input(data_path)
@@ -217,6 +243,8 @@ def _fit_command(args: argparse.Namespace) -> None:
     fit_kwargs = {}
     if _check_device(args.device):
         fit_kwargs["device"] = args.device
+    if distributed:
+        fit_kwargs["distributed"] = True
     objective = None
     if args.salient_penalty is not None:
         from .infer import Sum
@@ -257,6 +285,8 @@ def _fit_command(args: argparse.Namespace) -> None:
         seed=args.seed,
         **fit_kwargs,
     )
+    if not main:  # data-parallel: rank 0 writes the (identical) results
+        return
     # The model first: if the h5ad cannot be written, the fit is not lost.
     if save_model is not None:
         try:
@@ -311,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a comparative model to an .h5ad file",
         description="Fit a comparative model to an .h5ad file; write its latents to obsm and "
         "its settings and history to uns['pyro_compare'] of the output .h5ad. The input, "
-        "output and --save-model paths are checked before training.",
+        "output and --save-model paths are checked before training. Data-parallel on N "
+        "processes: `torchrun --nproc-per-node N -m pyro_compare.cli fit ...` (--batch-size "
+        "is then the global batch; rank 0 writes the outputs).",
         formatter_class=fmt,
     )
     f.add_argument("data", help="input .h5ad (raw counts in X or --layer)")

@@ -1,8 +1,10 @@
 """Inference: per-source ELBO, objectives (sum / multi-objective / constrained), the fit
-loop and its callbacks, and the poutine handlers that tag sites by source."""
+loop and its callbacks, data-parallel fitting on torch.distributed, and the poutine
+handlers that tag sites by source."""
 
-from . import penalties
+from . import distributed, penalties
 from .callbacks import ATEAgreementMonitor, Callback, PerPerturbationLogger
+from .distributed import reduce_mean
 from .elbo import GLOBAL, SourceTerms, SourceTrace_ELBO, site_source
 from .fit import FIT_DEFAULTS, SELECT, TrainingDivergedError, evaluate_losses, fit
 from .handlers import SourceMessenger, source_plate
@@ -26,7 +28,9 @@ __all__ = [
     "evaluate_losses",
     "fit",
     "min_norm_weights",
+    "distributed",
     "penalties",
+    "reduce_mean",
     "site_source",
     "source_plate",
 ]

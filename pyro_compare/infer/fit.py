@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyro
 import torch
@@ -18,7 +19,8 @@ import torch
 from ..data.comparative import ComparativeData
 from ..data.sources import sources_to
 from .callbacks import ATEAgreementMonitor, Callback
-from .elbo import GLOBAL, SourceTrace_ELBO
+from .distributed import DataParallel, all_reduce_gradients, broadcast_tensors, local_device
+from .elbo import GLOBAL, SourceTerms, SourceTrace_ELBO
 from .objectives import Objective, Sum
 
 __all__ = ["FIT_DEFAULTS", "SELECT", "TrainingDivergedError", "evaluate_losses", "fit"]
@@ -53,12 +55,19 @@ def evaluate_losses(
     batch_size: int = 512,
     elbo: SourceTrace_ELBO | None = None,
     device: torch.device | str | None = None,
+    distributed: bool = False,
 ) -> dict[str, float]:
     """Per-source negative ELBO per cell of that source, on ``split`` (no gradients).
+
+    ``distributed=True`` (every rank of the initialised process group must call it): each
+    rank evaluates its shard of every batch and the sums are averaged over the ranks, so
+    every rank returns the value of the one-process evaluation (see
+    :mod:`pyro_compare.infer.distributed`).
 
     Returns ``{<source>: ..., "global": ..., "loss": total per cell}``.
     """
     elbo = elbo or SourceTrace_ELBO()
+    ctx = DataParallel.resolve(None) if distributed else DataParallel()
     idx = data.indices(split)
     sizes = {s: len(i) for s, i in idx.items()}
     if min(sizes.values()) == 0:
@@ -69,14 +78,19 @@ def evaluate_losses(
     model.eval()
     try:
         steps = 0
-        for batch in data.loader(batch_size, shuffle=False, split=split):
+        for batch in ctx.loader(data, batch_size, shuffle=False, split=split):
+            weights = ctx.source_weights(batch, list(sizes))  # before sources_to
             if device is not None:
                 batch = sources_to(batch, device)
-            for k, v in elbo.source_losses(model.model, model.guide, batch).items():
+            losses = elbo.source_losses(model.model, model.guide, batch)
+            if ctx.active:
+                losses = _weighted(losses, weights, list(sizes))
+            for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             steps += 1
     finally:
         model.train(was_training)
+    sums = ctx.mean_dict(sums)
     # Each batch's terms are unbiased full-split estimates: average them over steps.
     out = {k: v / steps for k, v in sums.items()}
     result = {s: out[s] / sizes[s] for s in sizes if s in out}
@@ -157,6 +171,7 @@ def fit(
     elbo: SourceTrace_ELBO | None = None,
     callbacks: Sequence[Callback] = (),
     device: torch.device | str | None = None,
+    distributed: bool | None = None,
 ) -> pd.DataFrame:
     """Fit a comparative model by stochastic variational inference.
 
@@ -216,7 +231,17 @@ def fit(
         :class:`~pyro_compare.infer.callbacks.PerPerturbationLogger`).
     device
         ``"cuda"``, ``"cpu"`` or a :class:`torch.device`: the model and every minibatch are
-        moved there (latents and predictions come back to the CPU as numpy).
+        moved there (latents and predictions come back to the CPU as numpy). Under a
+        process group ``"cuda"`` means this process's GPU, ``cuda:LOCAL_RANK``.
+    distributed
+        Data-parallel fit on the ranks of a :mod:`torch.distributed` process group
+        (:mod:`pyro_compare.infer.distributed`): ``None`` (default) uses the process group
+        when one is initialised, ``True`` also initialises it from ``torchrun``'s
+        environment (gloo on CPU, nccl for a CUDA ``device``), ``False`` fits in this process
+        alone. Every rank fits on a disjoint shard of each minibatch (``batch_size`` is the
+        global batch, over all ranks), gradients are averaged over ranks, so the parameters
+        follow the one-process fit with the same ``batch_size``; checkpoints, history and
+        progress come from rank 0; every rank must call ``fit`` with the same arguments.
 
     Returns
     -------
@@ -265,10 +290,17 @@ def fit(
             num_particles=num_particles,
             vectorize_particles=vectorize_particles and num_particles > 1,
         )
+    ctx = DataParallel.resolve(distributed, device)
+    if ctx.active:
+        device = local_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if getattr(model, "_fresh", False) and not resume:
             model.reinitialize(seed)
+        if ctx.active and ctx.rank > 0:
+            # Same initial parameters and minibatch order on every rank, but each rank's own
+            # stream of ELBO noise for its cells.
+            torch.manual_seed(int(np.random.SeedSequence([seed, ctx.rank]).generate_state(1)[0]))
         if device is not None:
             model.to(device)
         history = _fit_loop(
@@ -294,8 +326,11 @@ def fit(
             weight_decay=weight_decay,
             callbacks=callbacks,
             device=device,
+            ctx=ctx,
         )
     history.attrs["settings"] = settings
+    if ctx.active:
+        history.attrs["world_size"] = ctx.world_size
     model._fresh = False
     return history
 
@@ -324,10 +359,15 @@ def _fit_loop(
     weight_decay: float,
     callbacks: list[Callback],
     device,
+    ctx: DataParallel,
 ) -> pd.DataFrame:
     params = [p for p in model.parameters() if p.requires_grad]
     objective.setup(model, params)
-    optimizer = torch.optim.Adam(params + objective.parameters(), lr=lr, weight_decay=weight_decay)
+    all_params = params + objective.parameters()
+    optimizer = torch.optim.Adam(all_params, lr=lr, weight_decay=weight_decay)
+    # Rank 0's parameters everywhere (identical anyway with the same seed and a fresh model;
+    # this also covers models built or loaded differently on each rank).
+    broadcast_tensors([*model.state_dict().values(), *objective.parameters()])
     for cb in callbacks:
         cb.setup(model, data)
     train_sizes = {s: len(i) for s, i in data.indices("train").items()}
@@ -340,7 +380,8 @@ def _fit_loop(
     best_ate, best_ate_state = -math.inf, None
     ckpt_path = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if ctx.is_main:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
             state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
@@ -352,10 +393,22 @@ def _fit_loop(
             start_epoch = state["epoch"] + 1
             best_loss, best_state, bad_epochs = state["best"]
             best_ate, best_ate_state = state.get("best_ate", (-math.inf, None))
-            torch.set_rng_state(state["torch_rng"])
+            ranks_rng = state.get("torch_rng_ranks")
+            if ranks_rng is not None and ranks_rng.shape[0] == ctx.world_size:
+                torch.set_rng_state(ranks_rng[ctx.rank].clone())
+            else:
+                torch.set_rng_state(state["torch_rng"])
+    if ckpt_path is not None and resume:
+        ctx.check_same(
+            start_epoch,
+            f"resume: the ranks found different checkpoints in {ckpt_path.parent} (or only "
+            f"some found one); with several nodes checkpoint_dir must be on a filesystem "
+            f"every rank sees.",
+        )
 
     good_state = copy.deepcopy(model.state_dict())
-    bar = _Progress(progress, total=max_epochs, initial=start_epoch)
+    bar = _Progress(progress and ctx.is_main, total=max_epochs, initial=start_epoch)
+    source_names = list(train_sizes)
     started = time.perf_counter()
     model.train()
     try:
@@ -370,20 +423,31 @@ def _fit_loop(
                         group["lr"] = lr * factor
                 sums: dict[str, float] = {}
                 n_steps = 0
-                loader = data.loader(
-                    batch_size, shuffle=True, split="train", seed=seed * 100_003 + epoch
+                loader = ctx.loader(
+                    data, batch_size, shuffle=True, split="train", seed=seed * 100_003 + epoch
                 )
                 for step, batch in enumerate(loader):
+                    weights = ctx.source_weights(batch, source_names)  # before sources_to
                     if device is not None:
                         batch = sources_to(batch, device)
                     terms = elbo.source_terms(model.model, model.guide, batch).scaled(1 / n_train)
+                    if ctx.active:
+                        terms = SourceTerms(
+                            _weighted(terms.losses, weights, source_names), terms.traces
+                        )
                     losses = terms.losses
                     loss, log = objective(terms)
                     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                    if bad or not torch.isfinite(loss):
+                    if not ctx.active and (bad or not torch.isfinite(loss)):
                         _diverged(model, good_state, epoch, step, bad or ["objective"])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if ctx.active:
+                        # Average the gradients over the ranks; a non-finite loss on any rank
+                        # stops every rank (the flag travels in the same all-reduce).
+                        local_bad = float(bool(bad) or not bool(torch.isfinite(loss)))
+                        if all_reduce_gradients(all_params, local_bad) > 0:
+                            _diverged(model, good_state, epoch, step, bad or ["objective"])
                     if clip_norm is not None:
                         norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
                         if not torch.isfinite(norm):
@@ -402,6 +466,7 @@ def _fit_loop(
                         sums[k] = sums.get(k, 0.0) + float(v)
                     n_steps += 1
                 row: dict[str, Any] = {"epoch": epoch}
+                sums = ctx.mean_dict(sums)  # the mean over ranks: the one-process values
                 for k, v in sums.items():
                     row[k] = v / n_steps
                 # train_<source> in per-cell-of-that-source units, like the validation columns.
@@ -410,7 +475,7 @@ def _fit_loop(
                         row[f"train_{s}"] *= n_train / size
                 if has_validation:
                     val = evaluate_losses(
-                        model, data, "validation", max(batch_size, 512), elbo, device
+                        model, data, "validation", max(batch_size, 512), elbo, device, ctx.active
                     )
                     row.update({f"validation_{k}": v for k, v in val.items()})
                 for cb in callbacks:
@@ -432,7 +497,8 @@ def _fit_loop(
                 if ate is not None and math.isfinite(ate) and ate > best_ate:
                     best_ate, best_ate_state = ate, good_state
                 bar.update(row, list(train_sizes))
-                if ckpt_path is not None:
+                ranks_rng = ctx.gather_rng_states() if ckpt_path is not None else None
+                if ckpt_path is not None and ctx.is_main:
                     torch.save(
                         {
                             "model": model.state_dict(),
@@ -444,12 +510,15 @@ def _fit_loop(
                             "best": (best_loss, best_state, bad_epochs),
                             "best_ate": (best_ate, best_ate_state),
                             "torch_rng": torch.get_rng_state(),
+                            "torch_rng_ranks": ranks_rng,
+                            "world_size": ctx.world_size,
                         },
                         ckpt_path,
                     )
                 if early_stopping and bad_epochs >= patience:
                     break
-                if max_time is not None and time.perf_counter() - started > max_time:
+                out_of_time = max_time is not None and time.perf_counter() - started > max_time
+                if ctx.agree(out_of_time):  # rank 0's clock decides for every rank
                     break
     finally:
         bar.close()
@@ -463,6 +532,26 @@ def _fit_loop(
     model.history_ = history
     model.eval()
     return history
+
+
+def _weighted(
+    losses: dict[str, torch.Tensor], weights: dict[str, float], sources: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Per-source losses times this rank's weight (see :mod:`pyro_compare.infer.distributed`),
+    with a zero for a source absent from this rank's shard, so every rank has the same keys
+    in the same order (sources, then ``"global"``)."""
+    ref = next(iter(losses.values()), None)
+    out: dict[str, torch.Tensor] = {}
+    for s in sources:
+        v = losses.get(s)
+        if v is not None:
+            out[s] = v * weights[s]
+        else:
+            out[s] = ref.detach().new_zeros(()) if ref is not None else torch.zeros(())
+    for k, v in losses.items():
+        if k not in out:
+            out[k] = v
+    return out
 
 
 def _diverged(model, good_state, epoch: int, step: int, what: list[str]) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .distributed import reduce_mean
 from .elbo import SourceTerms
 from .penalties import Penalty, resolve_penalty
 
@@ -276,7 +277,7 @@ class MultiObjective(Objective):
 
     def _flat_grad(self, loss: torch.Tensor, params: list) -> torch.Tensor:
         if not loss.requires_grad:
-            return torch.zeros(sum(p.numel() for p in params))
+            return params[0].new_zeros(sum(p.numel() for p in params))
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         flat = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
         return torch.cat([g.reshape(-1) for g in flat])
@@ -295,10 +296,17 @@ class MultiObjective(Objective):
             if extra:
                 g_extra = self._flat_grad(sum(extra), params)
                 g = [gk + g_extra for gk in g]
+        # Data-parallel fits: the mean over ranks of the per-source gradients (and losses) is
+        # that of the union batch; every rank then solves the same min-norm problem
+        # (identity without a process group; see pyro_compare.infer.distributed).
+        values = torch.stack([losses[o].detach().to(g[0]) for o in self.objectives])
+        reduced = reduce_mean(torch.cat([torch.stack(g).reshape(-1), values]))
+        g = list(reduced[:-k].reshape(k, -1))
+        values = reduced[-k:]
         if self.normalize == "l2":
             g = [gk / gk.norm().clamp_min(1e-12) for gk in g]
         elif self.normalize == "loss":
-            scales = [losses[o].detach().abs().clamp_min(1e-12) for o in self.objectives]
+            scales = [v.abs().clamp_min(1e-12) for v in values]
             g = [gk / sk for gk, sk in zip(g, scales)]
         g_kp = torch.stack(g)
         gram = g_kp @ g_kp.T
@@ -462,7 +470,9 @@ class Constrained(Objective):
         value = self._penalty_fn(terms)
         lam = self.lambda_
         total = elbo_loss + lam * (value - self.epsilon)
-        c = float(value.detach())
+        # Data-parallel fits: the penalty averaged over ranks, so the dual step (and the
+        # multiplier) is identical on every rank (identity without a process group).
+        c = float(reduce_mean(value))
         if self.moving_average is None or self.constraint_average is None:
             c_used = c
         else:

@@ -260,21 +260,25 @@ class ComparativeModel(PyroModule):
         if kind not in self.latent_kinds:
             raise ValueError(f"unknown latent kind {kind!r}; use one of {self.latent_kinds}.")
         data = self.prepare_data(data)
+        device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         try:
             out = None
             for _, src in self._source_batches(data, batch_size):
                 rows = src.index_n.numpy()
+                src = src.to(device)
                 if n_samples is None:
                     value = self.encode(kind, src).cpu().numpy()
                     if out is None:
                         out = np.zeros((data.n_cells, value.shape[-1]), dtype=np.float32)
                     out[rows] = value
                 else:
-                    value = torch.stack(
-                        [self.encode(kind, src, sample=True) for _ in range(n_samples)]
-                    ).numpy()
+                    value = (
+                        torch.stack([self.encode(kind, src, sample=True) for _ in range(n_samples)])
+                        .cpu()
+                        .numpy()
+                    )
                     if out is None:
                         out = np.zeros((n_samples, data.n_cells, value.shape[-1]), np.float32)
                     out[:, rows] = value
@@ -296,18 +300,20 @@ class ComparativeModel(PyroModule):
         ``data`` is a :class:`ComparativeData` (all cells of ``split``) or a batch
         ``{source: SourceBatch}``. Returns ``{"x_<source>": (num_samples, cells, features)}``
         (replicated data given the observed cells' latents) unless ``return_sites`` says
-        otherwise.
+        otherwise; computed on the model's device, returned on the CPU.
         """
         if isinstance(data, ComparativeData):
             batch = self.prepare_data(data).full_batch(split)
         else:
             batch = data
+        device = next(self.parameters()).device
+        batch = {s: src.to(device) for s, src in batch.items()}
         if return_sites is None:
             return_sites = tuple(f"x_{s}" for s, src in batch.items() if src.size > 0)
         predictive = pyro.infer.Predictive(
             self.model, guide=self.guide, num_samples=num_samples, return_sites=list(return_sites)
         )
-        return predictive(batch, observe=False)
+        return {k: v.cpu() for k, v in predictive(batch, observe=False).items()}
 
     @torch.no_grad()
     def prior_predictive(
@@ -318,18 +324,20 @@ class ComparativeModel(PyroModule):
         return_sites: tuple[str, ...] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Prior predictive samples with the sizes, library sizes and designs of ``data``
-        (its counts are dropped): ``Predictive(model.model, num_samples)(sources)``."""
+        (its counts are dropped): ``Predictive(model.model, num_samples)(sources)``; computed
+        on the model's device, returned on the CPU."""
         if isinstance(data, ComparativeData):
             batch = self.prepare_data(data).full_batch(split)
         else:
             batch = data
-        batch = {s: src.without_data() for s, src in batch.items()}
+        device = next(self.parameters()).device
+        batch = {s: src.without_data().to(device) for s, src in batch.items()}
         if return_sites is None:
             return_sites = tuple(f"x_{s}" for s, src in batch.items() if src.size > 0)
         predictive = pyro.infer.Predictive(
             self.model, num_samples=num_samples, return_sites=list(return_sites)
         )
-        return predictive(batch)
+        return {k: v.cpu() for k, v in predictive(batch).items()}
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
