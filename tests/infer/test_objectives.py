@@ -241,16 +241,23 @@ def test_constrained_fit_reaches_epsilon_and_mo_co_logs(small_data):
     w = history[["weight_background", "weight_target"]].to_numpy()
     np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
     assert (history["lambda"] >= 0).all()
-    assert history["constraint_satisfied"].iloc[-5:].mean() > 0.5
+    # Dual ascent oscillates around its target (0.9 epsilon with the default slack), so the
+    # end point is noisy. Over training seeds 0-9 (experiments/test_thresholds/measure.py,
+    # case constrained_fit; this test is seed 0): fraction of satisfied steps in the last 5
+    # epochs 0.73 +- 0.13 (min 0.57); final penalty 0.89 +- 0.22 epsilon (max 1.27: 3 of 10
+    # seeds end above epsilon); unconstrained baseline 50 +- 10 epsilon. Bars beyond
+    # mean -/+ 3 sd (0.35, 1.54 epsilon): > 0.3 and <= 2 epsilon (were > 0.5 and
+    # <= epsilon), still 25x below the unconstrained fit.
+    assert history["constraint_satisfied"].iloc[-5:].mean() > 0.3
     final = evaluate_penalty(model, small_data, "wasserstein_to_zero", split="train")
-    assert final <= epsilon
+    assert final <= 2 * epsilon
 
     baseline = pc.models.ContrastiveVAE(small_data.n_features, 3, 4, hidden=(32,))
     pc.infer.fit(
         baseline, small_data, objective=Sum(), max_epochs=10, lr=5e-3, batch_size=100,
         progress=False, early_stopping=False,
     )  # fmt: skip
-    assert evaluate_penalty(baseline, small_data, "wasserstein_to_zero") > 4 * epsilon
+    assert evaluate_penalty(baseline, small_data, "wasserstein_to_zero") > 4 * epsilon  # 50 +- 10
 
 
 def test_constrained_accepts_design_spelling_leakage():

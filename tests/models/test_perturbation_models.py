@@ -182,6 +182,20 @@ def test_design_is_required_and_checked(data, sim):
 
 
 # ---------------------------------------------------------------------------- fitting
+#: Bars of the held-out ATE test per model: (mean Pearson, R^2 gain over the control-mean
+#: prediction), each <= mean - 3 sd over training seeds 0-9 (the test is seed 0; another
+#: CPU's float32 round-off gives another trajectory, like another seed). Measured by
+#: ``experiments/test_thresholds/measure.py`` (case ``perturbation_ate``), mean +- sd:
+ATE_BARS = {
+    "sams_mean_field": (0.6, 0.15),  # Pearson 0.855 +- 0.063, R2 gain 0.503 +- 0.108
+    "sams_correlated": (0.6, 0.15),  # 0.972 +- 0.011, 1.418 +- 0.036
+    "svae_plus": (0.6, 0.15),  # 0.966 +- 0.031, 1.391 +- 0.062
+    "additive": (0.6, 0.15),  # 0.978 +- 0.005, 1.449 +- 0.037
+    # no sparse shift, weaker: was (0.6, 0.15), which seed 1 fails (R2 gain 0.140)
+    "conditional": (0.45, 0.08),  # 0.724 +- 0.080, 0.196 +- 0.036
+}
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_fits_and_beats_control_mean_on_held_out_ate(name, data):
     """Predicted ATEs (held-out cells) beat the trivial 'no effect' prediction (control mean)."""
@@ -197,8 +211,9 @@ def test_fits_and_beats_control_mean_on_held_out_ate(name, data):
     agreement = pm.ate_agreement(predicted, observed)
     trivial = pm.ate_agreement(0.0 * observed, observed)  # predicts the control mean
     assert np.isnan(trivial["pearson_all"]).all() and (trivial["r2_all"] <= 0).all()
-    assert agreement["pearson_all"].mean() > 0.6, agreement
-    assert agreement["r2_all"].mean() > trivial["r2_all"].mean() + 0.15, agreement
+    min_pearson, min_r2_gain = ATE_BARS[name]
+    assert agreement["pearson_all"].mean() > min_pearson, agreement
+    assert agreement["r2_all"].mean() > trivial["r2_all"].mean() + min_r2_gain, agreement
 
 
 def test_per_perturbation_loss_is_logged(data):
@@ -247,7 +262,9 @@ def test_sams_recovers_sparse_targets():
     data.set_split(pc.data.split_by_cell(data, validation_fraction=0.1, seed=0))
     pyro.set_rng_seed(0)
     torch.manual_seed(0)
-    model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=4, guide="correlated")
+    model = SAMSVAE(
+        data.n_features, data.n_perturbations, n_latent=4, hidden=(128,), guide="correlated"
+    )
     pc.infer.fit(
         model, data, max_epochs=60, batch_size=256, lr=3e-3, progress=False, early_stopping=False
     )
