@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 import pyro_compare as pc
 from pyro_compare.data import ComparativeData, simulate_contrastive
-from pyro_compare.infer import Constrained, MultiObjective, Sum, fit
+from pyro_compare.infer import Constrained, MultiObjective, Sum, evaluate_losses, fit
 from pyro_compare.infer.distributed import DataParallel, reduce_mean, shard_batch
 from pyro_compare.models import ContrastiveVAE
 
@@ -134,6 +134,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             out = _run_fits(_objectives(_salient_mean_penalty), ckpt=Path(out_dir) / "ckpt")
         # reduce_mean averages over ranks.
         out["mean_rank"] = reduce_mean(torch.tensor([float(rank)], dtype=torch.float64))
+        # Validation losses: each rank evaluates its shards, the sums are averaged.
+        data = _data()
+        torch.manual_seed(0)  # the same model on every rank
+        model = _model(data)
+        with _no_noise():
+            shared = evaluate_losses(model, data, "validation", 40, distributed=True)
+            alone = evaluate_losses(model, data, "validation", 40)
+        out["validation"] = torch.tensor([shared[k] for k in sorted(alone)], dtype=torch.float64)
+        out["validation_alone"] = torch.tensor(
+            [alone[k] for k in sorted(alone)], dtype=torch.float64
+        )
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -186,6 +197,13 @@ def test_two_processes_equal_one_process(two_process, one_process, objective):
         assert abs(lam1 - lam2) <= 1e-4 * abs(lam1)
 
 
+def test_validation_losses_distributed(two_process):
+    """Sharded evaluation averaged over ranks = one process evaluating every batch whole."""
+    ranks, _ = two_process
+    for r in ranks:
+        torch.testing.assert_close(r["validation"], r["validation_alone"], rtol=1e-5, atol=0)
+
+
 def test_resume_distributed(two_process):
     ranks, _ = two_process
     assert _close(ranks[0]["sum"], ranks[0]["resumed"], rtol=1e-6)
@@ -228,3 +246,20 @@ def test_fit_and_predictions_on_cuda():
     prior = model.prior_predictive(data, num_samples=2)
     assert all(v.device.type == "cpu" for v in prior.values())
     assert pc.infer.evaluate_losses(model, data, device="cuda")["loss"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_perturbation_predictions_on_cuda():
+    sim = pc.data.simulate_sparse_shift(
+        n_control=100, n_per_perturbation=50, n_perturbations=2, n_genes=20, n_latent=2, seed=0
+    )
+    data = ComparativeData.from_anndata(
+        sim, "perturbation", "control", perturbation_key="perturbation"
+    )
+    model = pc.models.SAMSVAE(data.n_features, data.n_perturbations, n_latent=2, hidden=(16,))
+    fit(model, data, max_epochs=1, device="cuda", progress=False)
+    label = data.perturbation_names[0]
+    cf = model.counterfactual(data, label, n_samples=1)
+    assert cf.shape == (len(data.sources["background"]), data.n_features)
+    means = model.predicted_means(data, [label], n_samples=1)
+    assert means.shape == (1, data.n_features)
