@@ -605,7 +605,8 @@ class ComparativeData:
                 for s, r in rows.items():
                     j = step % len(chunks[s])
                     x = streams[s].take(int(starts[s][j]), int(starts[s][j + 1]))
-                    batch[s] = self.source_batch(s, r[shard], sizes[s], x=x[shard])
+                    x = x if world_size == 1 else x[shard]
+                    batch[s] = self.source_batch(s, r[shard], sizes[s], x=x)
             if world_size == 1:
                 yield batch
             else:
