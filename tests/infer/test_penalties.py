@@ -12,8 +12,11 @@ import pyro_compare as pc
 from pyro_compare.infer import SourceTerms
 from pyro_compare.infer.penalties import (
     PENALTIES,
+    ClusterMMD,
+    cluster_mmd,
     evaluate_penalty,
     hsic,
+    kmeans,
     mmd,
     wasserstein_to_zero,
 )
@@ -146,3 +149,94 @@ def test_wasserstein_penalty_matches_encoder_outputs_and_evaluate_penalty():
     x_bg = data.full_batch()["background"].x_ng
     loc, scale = model.salient_encoder(x_bg)
     assert value == pytest.approx((loc.pow(2) + scale.pow(2)).sum(-1).mean().item(), rel=1e-4)
+
+
+# --------------------------------------------------------------------------- cluster_mmd
+
+
+def _mixture(n, weights, centers, shift=0.0, generator=None):
+    """n points of a Gaussian mixture (unit sd around ``centers``) with cluster ``weights``;
+    ``shift`` moves every point along the first axis (condition *within* clusters)."""
+    idx = torch.multinomial(torch.tensor(weights), n, replacement=True, generator=generator)
+    z = centers[idx] + torch.randn(n, centers.shape[1], generator=generator)
+    z[:, 0] += shift
+    return z
+
+
+def _cluster_mmd_means(reps=40, n=128, **cases):
+    g = torch.Generator().manual_seed(0)
+    centers = 4.0 * torch.randn(6, 5, generator=g)
+    out = {}
+    for name, (wx, wy, shift) in cases.items():
+        cm, um = [], []
+        for _ in range(reps):
+            x = _mixture(n, wx, centers, generator=g)
+            y = _mixture(n, wy, centers, shift, generator=g)
+            cm.append(cluster_mmd(x, y).item())
+            um.append(mmd(x, y).item())
+        out[name] = (sum(cm) / reps, sum(um) / reps)
+    return out
+
+
+def test_cluster_mmd_ignores_composition_and_sees_shifts_within_clusters():
+    balanced = [0.3, 0.3, 0.1, 0.1, 0.1, 0.1]
+    skewed = [0.05, 0.1, 0.1, 0.25, 0.25, 0.25]
+    means = _cluster_mmd_means(
+        same=(balanced, balanced, 0.0),
+        composition=(balanced, skewed, 0.0),
+        within=(balanced, balanced, 0.75),
+        within_and_composition=(balanced, skewed, 0.75),
+    )
+    # z independent of the source (given the cluster): ~0 in expectation
+    assert abs(means["same"][0]) < 2e-3
+    # a pure composition difference: the unconditional MMD is large, cluster_mmd ~0
+    assert means["composition"][1] > 0.03
+    assert abs(means["composition"][0]) < 3e-3
+    # the source shifts z inside every cluster: clearly positive, with or without
+    # a composition difference on top
+    assert means["within"][0] > 0.008
+    assert means["within_and_composition"][0] > 0.008
+    assert means["within"][0] > 4 * abs(means["composition"][0])
+
+
+def test_cluster_mmd_is_differentiable_scale_free_and_handles_small_samples():
+    torch.manual_seed(0)
+    x = torch.randn(60, 3, requires_grad=True)
+    y = torch.randn(70, 3) + 0.5
+    v = cluster_mmd(x, y, n_clusters=4)
+    assert v.item() == pytest.approx(cluster_mmd(10 * x, 10 * y, n_clusters=4).item(), abs=1e-5)
+    v.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # fewer than 2 cells on a side, or one cluster only: defined, finite
+    assert cluster_mmd(torch.randn(1, 3), torch.randn(5, 3)).item() == 0.0
+    one = cluster_mmd(x.detach(), y, n_clusters=1)
+    assert one.item() == pytest.approx(mmd(x.detach(), y, bandwidths=None).item(), abs=0.05)
+
+
+def test_kmeans_is_deterministic_and_leaves_the_global_rng_alone():
+    g = torch.Generator().manual_seed(1)
+    centers = 5.0 * torch.randn(3, 2, generator=g)
+    x = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centers])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    c1 = kmeans(x, 3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(c1, kmeans(x, 3))
+    # recovers well-separated centres
+    d = torch.cdist(c1, centers).min(0).values
+    assert (d < 0.1).all()
+    assert kmeans(x[:2], 5).shape == (2, 2)  # capped at the number of points
+
+
+def test_cluster_mmd_penalty_is_pure_and_registered():
+    assert isinstance(PENALTIES["cluster_mmd"], ClusterMMD)
+    torch.manual_seed(0)
+    model, _, batch = _small_model_and_batch()
+    terms = _guide_terms(model, batch)
+    penalty = ClusterMMD(n_clusters=3)
+    state = torch.get_rng_state()
+    a, b = penalty(terms), penalty(terms)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.item() == b.item() and penalty.state_dict() == {}
+    with pytest.raises(ValueError):
+        ClusterMMD(n_clusters=0)
