@@ -32,6 +32,8 @@ def test_history_columns_and_loss_decreases(small_data):
         "validation_loss",
     ):
         assert col in history, col
+    # first - last validation loss 22.3 +- 2.1 over seeds 0-9 (min 18.7; measured by
+    # experiments/test_thresholds/measure.py, case fit_small): > 0 is 10 sd away
     assert history["validation_loss"].iloc[-1] < history["validation_loss"].iloc[0]
     assert model.history_ is history
 
@@ -47,7 +49,7 @@ def test_early_stopping_restores_best(small_data):
     history = fit(
         model, small_data, max_epochs=200, lr=5e-2, patience=2, progress=False, batch_size=300
     )
-    assert len(history) < 200
+    assert len(history) < 200  # stops after 25.5 +- 7.1 epochs (seeds 0-9, case fit_small)
     best = history["validation_loss"].min()
     assert math.isclose(history.attrs["best_loss"], best)
 
