@@ -179,7 +179,11 @@ def benchmark(adata, names: list[str], rounds: int, out: Path) -> dict:
             )  # fmt: skip
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - w0)
-    result: dict = {"rounds": rounds, "unit": "seconds per epoch (fit, no validation)"}
+    result: dict = {
+        "rounds": rounds,
+        "genes": int(adata.n_vars),
+        "unit": "seconds per epoch (fit, no validation)",
+    }
     for name in names:
         result[name] = {
             "wall_median": float(np.median(wall[name])),
@@ -244,7 +248,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     lines = args.out / "kang_leakage_study.jsonl"
     if args.benchmark:
-        benchmark(ad.read_h5ad(args.data), args.candidates, args.benchmark, args.out)
+        adata = top_variable_genes(ad.read_h5ad(args.data), args.genes)
+        benchmark(adata, args.candidates, args.benchmark, args.out)
         return
     if not args.summary_only:
         adata = top_variable_genes(ad.read_h5ad(args.data), args.genes)
