@@ -370,7 +370,13 @@ class Constrained(Objective):
     ----------
     penalty
         Name in :data:`~pyro_compare.infer.penalties.PENALTIES` (``"wasserstein_to_zero"``,
-        ``"mmd"``, ``"mmd_salient"``, ``"hsic"``) or a callable ``terms -> Tensor``.
+        ``"mmd"``, ``"mmd_salient"``, ``"hsic"``, ``"cluster_mmd"``: the condition within
+        clusters of the background latent, blind to composition differences) or a callable
+        ``terms -> Tensor``. For noisy minibatch penalties such as ``"mmd"`` and
+        ``"cluster_mmd"``, whose epsilon is small in kernel units, the defaults below
+        (additive steps of size ``dual_lr * (c - epsilon)``) move the multiplier very
+        slowly; ``update="multiplicative", lambda_init=1.0, dual_lr=0.05,
+        moving_average=0.9`` is scale-free (issue 13).
     epsilon
         Tolerance of the constraint.
     elbo
