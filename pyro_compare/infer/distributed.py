@@ -293,20 +293,41 @@ class DataParallel:
         }
 
     def mean_dict(self, values: dict[str, float]) -> dict[str, float]:
-        """Average a dict of floats over the ranks (same keys on every rank)."""
-        if not self.active or not values:
+        """Average a dict of floats over the ranks; a key some ranks lack (e.g. a callback's
+        per-perturbation loss, for perturbations absent from a rank's shards) is averaged
+        over the ranks that have it. Returns the union of the keys, the same on every rank."""
+        if not self.active:
             return dict(values)
-        keys = sorted(values)
-        count = torch.tensor([float(len(keys))], dtype=torch.float64)
-        lo, hi = self._minmax(count)
-        if lo != hi:
-            raise RuntimeError(
-                "the ranks logged different quantities this epoch; callbacks and objectives must "
-                "log the same keys on every rank."
-            )
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        t = reduce_mean(t.to(self._device())).cpu()
-        return {k: float(v) for k, v in zip(keys, t)}
+        keys = self._union_keys(values)
+        if not keys:
+            return {}
+        t = torch.tensor(
+            [values.get(k, 0.0) for k in keys] + [float(k in values) for k in keys],
+            dtype=torch.float64,
+        ).to(self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t.cpu()
+        sums, counts = t[: len(keys)], t[len(keys) :]
+        return {k: float(v / c) for k, v, c in zip(keys, sums, counts)}
+
+    def _union_keys(self, values: dict[str, float]) -> list[str]:
+        """Sorted union of every rank's keys (UTF-8 bytes through all_gather, no pickling)."""
+        encoded = "\0".join(sorted(values)).encode()
+        local = torch.tensor(list(encoded), dtype=torch.uint8).to(self._device())
+        size = torch.tensor([local.numel()], dtype=torch.int64).to(self._device())
+        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        longest = max(int(n) for n in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8, device=local.device)
+        padded[: local.numel()] = local
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        keys: set[str] = set()
+        for buf, n in zip(gathered, sizes):
+            text = bytes(buf[: int(n)].cpu().tolist()).decode()
+            if text:
+                keys.update(text.split("\0"))
+        return sorted(keys)
 
     def _device(self) -> torch.device:
         if self.active and dist.get_backend() == "nccl":

@@ -134,6 +134,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             out = _run_fits(_objectives(_salient_mean_penalty), ckpt=Path(out_dir) / "ckpt")
         # reduce_mean averages over ranks.
         out["mean_rank"] = reduce_mean(torch.tensor([float(rank)], dtype=torch.float64))
+        # Epoch logs: averaged over the ranks that have each key (callbacks may differ).
+        logs = DataParallel.resolve(None).mean_dict({"a": float(rank), f"only{rank}": 2.0})
+        out["logs"] = torch.tensor([logs[k] for k in ("a", "only0", "only1")])
         # Validation losses: each rank evaluates its shards, the sums are averaged.
         data = _data()
         torch.manual_seed(0)  # the same model on every rank
@@ -177,6 +180,8 @@ def _close(a, b, rtol=1e-4):
 def test_reduce_mean_and_identical_ranks(two_process):
     ranks, out_dir = two_process
     assert float(ranks[0]["mean_rank"]) == float(ranks[1]["mean_rank"]) == 0.5
+    for r in ranks:
+        assert r["logs"].tolist() == [0.5, 2.0, 2.0]
     for key in ("sum", "multi", "constrained", "constrained_lambda", "resumed"):
         # Identical averaged gradients on every rank: identical parameters, bit for bit.
         assert torch.equal(ranks[0][key], ranks[1][key]), key
