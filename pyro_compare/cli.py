@@ -324,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: min(cores, 4))"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: min(cores, 4); under torchrun: min(cores / processes "
+        "per node, 4))",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -396,7 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=128, help="cells per minibatch")
     f.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     f.add_argument("--seed", type=int, default=0, help="seed of the split, init and minibatches")
-    f.add_argument("--device", default="cpu", help="torch device to fit on")
+    f.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to fit on (under torchrun, cuda is each process's own GPU)",
+    )
     f.add_argument(
         "--salient-penalty",
         type=float,

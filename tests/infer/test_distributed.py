@@ -268,3 +268,26 @@ def test_perturbation_predictions_on_cuda():
     assert cf.shape == (len(data.sources["background"]), data.n_features)
     means = model.predicted_means(data, [label], n_samples=1)
     assert means.shape == (1, data.n_features)
+
+
+def test_cli_fit_under_torchrun(tmp_path):
+    """`torchrun --nproc-per-node 2 -m pyro_compare.cli fit ...`: rank 0 writes the output."""
+    import subprocess
+    import sys
+
+    import anndata as ad
+
+    simulate_contrastive(60, 60, 15, 2, 1, seed=0).write_h5ad(tmp_path / "in.h5ad")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "pyro_compare.cli", "fit", str(tmp_path / "in.h5ad"),
+        "--out", str(tmp_path / "out.h5ad"), "--condition-key", "condition",
+        "--background", "background", "--max-epochs", "2", "--n-background-latent", "2",
+        "--n-salient-latent", "1", "--hidden", "8", "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote") == 1  # rank 0 only
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert out.obsm["X_background"].shape == (120, 2)
