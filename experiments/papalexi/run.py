@@ -1,5 +1,9 @@
 """Papalexi et al. 2021 (ECCITE-seq, low MOI): four perturbation models on a cell split.
 
+Superseded for the models' quality by ``defaults.py`` (issue 14): this script's settings
+(d = 10, hidden 128, lr 3e-3, 30-40 epochs) under-train the knock-out effects; it is kept
+because it also writes the PPC, per-perturbation loss and scatter outputs.
+
 Fits SAMSVAE, SparseShiftVAE (sVAE+), AdditiveShiftVAE (CPA-style) and ConditionalVAE on
 80% of the cells (stratified by perturbation; control = ``non-targeting``, ``unassigned``
 cells dropped) and reports, on the 20% held-out cells:
@@ -65,13 +69,15 @@ def load(validation_fraction: float, seed: int) -> pc.data.ComparativeData:
     return data
 
 
-def build(name: str, g: int, k: int, n_latent: int):
+def build(name: str, g: int, k: int, n_latent: int, hidden=(128,)):
+    # hidden=(128,) pinned: the constructors' default was (128,) when the numbers of the
+    # README's "30 epochs" table were made (it is (400,) now; see defaults.py).
     m = pc.models
     return {
-        "SAMSVAE": lambda: m.SAMSVAE(g, k, n_latent, guide="correlated"),
-        "SparseShiftVAE": lambda: m.SparseShiftVAE(g, k, n_latent),
-        "AdditiveShiftVAE": lambda: m.AdditiveShiftVAE(g, k, n_latent),
-        "ConditionalVAE": lambda: m.ConditionalVAE(g, k, n_latent),
+        "SAMSVAE": lambda: m.SAMSVAE(g, k, n_latent, hidden, guide="correlated"),
+        "SparseShiftVAE": lambda: m.SparseShiftVAE(g, k, n_latent, hidden),
+        "AdditiveShiftVAE": lambda: m.AdditiveShiftVAE(g, k, n_latent, hidden),
+        "ConditionalVAE": lambda: m.ConditionalVAE(g, k, n_latent, hidden),
     }[name]()
 
 

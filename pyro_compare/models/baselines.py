@@ -54,8 +54,8 @@ class AdditiveShiftVAE(PerturbationVAE):
         self,
         n_features: int,
         n_perturbations: int,
-        n_latent: int = 10,
-        hidden: Sequence[int] = (128,),
+        n_latent: int = 20,
+        hidden: Sequence[int] = (400,),
         likelihood: str = "nb",
         effect_prior_scale: float = 1.0,
         global_lr_scale: float = 10.0,
@@ -119,8 +119,8 @@ class ConditionalVAE(PerturbationVAE):
         self,
         n_features: int,
         n_perturbations: int,
-        n_latent: int = 10,
-        hidden: Sequence[int] = (128,),
+        n_latent: int = 20,
+        hidden: Sequence[int] = (400,),
         likelihood: str = "nb",
     ) -> None:
         super().__init__()
