@@ -144,7 +144,9 @@ def child(args) -> dict:
         out["n_perturbations"] = data.n_perturbations
         out["design_mb"] = (d.data.nbytes + d.indices.nbytes + d.indptr.nbytes) / 2**20
         out["dense_design_mb"] = data.n_cells * data.n_perturbations * 4 / 2**20
-        model = pc.models.AdditiveShiftVAE(data.n_features, data.n_perturbations, n_latent=10)
+        model = pc.models.AdditiveShiftVAE(
+            data.n_features, data.n_perturbations, n_latent=10, hidden=(128,)
+        )
     else:
         data = pc.data.ComparativeData.from_anndata(source, "condition", "background")
         model = pc.models.ContrastiveVAE(data.n_features, 10, 5)
