@@ -1,5 +1,9 @@
 """AnnData -> tensors for comparative models.
 
+(One file of ~600 lines on purpose: :class:`ComparativeData` is one object whose
+construction, splits, feature matching and loaders share its row bookkeeping; reading from
+disk lives in :mod:`.streaming`, designs in :mod:`.design`, the batch type in :mod:`.sources`.)
+
 :class:`ComparativeData` splits the cells of an AnnData object into *sources*:
 
 * ``"background"``: cells whose ``condition_key`` equals ``background`` (control cells),

@@ -1,5 +1,7 @@
 """Simulators with ground truth.
 
+(Three simulators sharing the random mixing and observation helpers: one file.)
+
 Every simulator is seeded and returns an AnnData object whose ``X`` holds the
 observations (sparse integer counts for count noise) and whose ``obsm``/``uns`` hold
 the ground truth, so that identifiability metrics can be computed on the fit.

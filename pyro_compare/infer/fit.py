@@ -1,5 +1,10 @@
 """The fit loop: minibatch SVI over per-source losses with objectives, model selection,
-progress, checkpoints and a NaN guard."""
+progress, checkpoints and a NaN guard.
+
+(Over 500 lines because the loop, its settings resolution, checkpoint/resume and the
+distributed bookkeeping must agree on one state; the all-reduce primitives live in
+:mod:`.distributed`, callbacks in :mod:`.callbacks`.)
+"""
 
 from __future__ import annotations
 

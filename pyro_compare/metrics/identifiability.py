@@ -1,5 +1,8 @@
 """Identifiability metrics that need ground-truth latents.
 
+(One module of ~600 lines: MCC, affine / block R² and the kNN accuracies share the
+cross-validation helpers.)
+
 These metrics compare the latents a model has learned with the latents that
 generated a simulated data set:
 

@@ -1,5 +1,8 @@
 r"""Evaluation of perturbation models (the SAMS-VAE framework).
 
+(IWELBO, ATEs, masks and PPC share the label/design helpers and the log-normalisation;
+kept in one ~600-line module for that reason.)
+
 * :func:`iwelbo` / :func:`iwelbo_per_cell`: importance-weighted ELBO of held-out cells.
 * :func:`average_treatment_effect` (model) and :func:`observed_average_treatment_effect`
   (data): :math:`\mathrm{ATE}_k = E[y \mid \mathrm{do}(k)] - E[y \mid \mathrm{control}]` with
