@@ -107,8 +107,13 @@ def evaluate_losses(
 
 def _interactive() -> bool:
     """A terminal or a Jupyter kernel: show a progress bar (else print lines)."""
-    if "ipykernel" in sys.modules:
-        return True
+    ipython = sys.modules.get("IPython")
+    if ipython is not None:
+        # A Jupyter kernel, not merely an imported ipykernel (e.g. by a docs build in the
+        # same process): its shell is the ZMQ one.
+        shell = getattr(ipython, "get_ipython", lambda: None)()
+        if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
+            return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
