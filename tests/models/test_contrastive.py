@@ -29,6 +29,9 @@ def test_recovers_background_and_salient_latents(fitted):
     r2_t = affine_r2(true_t[target], t[target])
     leak = affine_r2(true_t[target], z[target])
     print(f"R2 background {r2_z:.3f} salient {r2_t:.3f} leakage {leak:.3f}")
+    # Over training seeds 0-9 (experiments/test_thresholds/measure.py, case
+    # contrastive_recovery; this fit is seed 0), mean +- sd: background 0.925 +- 0.004,
+    # salient 0.960 +- 0.001, leakage 0.128 +- 0.012: every bar is > 10 sd away.
     assert r2_z >= 0.85
     assert r2_t >= 0.8
     assert leak <= 0.3
@@ -71,18 +74,26 @@ def test_posterior_predictive_replicates_data(fitted):
         return (rep.mean((0, 1)) / x.mean(0)).log().abs().median().item()
 
     # Replicated per-gene means match the observed ones; an untrained model's do not.
+    # Over training seeds 0-9 (case contrastive_recovery of
+    # experiments/test_thresholds/measure.py): fitted error 0.047 +- 0.003; fitted /
+    # untrained 0.40 +- 0.06 (max 0.48: the untrained model's error varies with its random
+    # initialisation), so the ratio bar is 0.65 (>= mean + 3 sd = 0.58; was 0.5).
     fitted_err = mean_log_ratio(model)
     untrained_err = mean_log_ratio(ContrastiveVAE(data.n_features, 5, 3))
     assert fitted_err < 0.1
-    assert fitted_err < 0.5 * untrained_err
+    assert fitted_err < 0.65 * untrained_err
 
 
 @pytest.mark.parametrize("likelihood", ["zinb", "poisson", "gaussian"])
 def test_other_likelihoods_fit(likelihood):
-    """Median salient R2 over 3 seeds. With 1 salient dimension and 25 epochs single fits
-    are bimodal (a seed can stay near a collapsed salient code): measured with the default
-    objective over seeds 0-4, poisson 0.41 / 0.56 / 0.94 / 0.95 / 0.95, zinb 0.90-0.95; the
-    median of seeds 0-2 is 0.56 (poisson), so the bar 0.35 leaves a seed-noise margin."""
+    """Median salient R2 over 5 seeds. With 1 salient dimension and 25 epochs single fits
+    are bimodal (a seed can stay near a collapsed salient code). Per-seed R2 over seeds 0-9
+    (experiments/test_thresholds/measure.py, case contrastive_likelihoods): zinb 0.943 +-
+    0.019 (min 0.895); poisson 0.853 +- 0.199, seeds 0 and 1 in the low mode (0.41, 0.56);
+    gaussian 0.844 +- 0.287, seed 3 collapsed (0.03). Another CPU's round-off is another
+    draw of the seeds: with ~1 collapsed fit in 10, a median of 3 fails ~3% of the time, a
+    median of 5 (the test, 3 collapses needed) < 1%. Validation-loss drops: 81 +- 2, 558 +-
+    23, 14.1 +- 0.9 (min 77, 515, 12.3)."""
     counts = likelihood != "gaussian"
     adata = simulate_contrastive(
         300, 300, 30, 2, 1, seed=1, likelihood="nb" if counts else "gaussian"
@@ -90,7 +101,7 @@ def test_other_likelihoods_fit(likelihood):
     data = ComparativeData.from_anndata(adata, "condition", "background", counts=counts)
     target = data.sources["target"]
     r2 = []
-    for seed in range(3):
+    for seed in range(5):
         model = ContrastiveVAE(data.n_features, 2, 1, hidden=(32,), likelihood=likelihood)
         history = fit(
             model, data, max_epochs=25, lr=1e-2, progress=False, early_stopping=False, seed=seed

@@ -124,6 +124,9 @@ def test_mixture_prior_recovers_latents_up_to_affine_map(fitted):
     adata, data, model, history = fitted
     z = model.latent(data, "latent")
     assert z.shape == (1500, 2)
+    # Over training seeds 0-9 (experiments/test_thresholds/measure.py, case mixture; this
+    # fit is seed 0): affine R2 0.988 +- 0.004, ARI 1.0 in all 10, validation-loss drop
+    # 5.7 +- 0.9 (min 4.3): every bar is > 6 sd away.
     assert affine_r2(adata.obsm["true_latent"], z) > 0.9
     # The learned components are the true clusters.
     assert adjusted_rand_score(adata.obs["component"], model.assign(data)) > 0.8
