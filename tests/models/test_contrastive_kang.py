@@ -30,6 +30,9 @@ def test_kang_background_keeps_cell_types_salient_carries_condition(kang_path):
     acc_cond_z = knn_accuracy(z, condition, k=15, n_folds=5)
     acc_cond_t = knn_accuracy(t, condition, k=15, n_folds=5)
     print(f"cell type | z {acc_type:.3f}; condition | z {acc_cond_z:.3f}, | t {acc_cond_t:.3f}")
+    # Over training seeds 0-9 (experiments/test_thresholds/measure.py, case kang; this fit is
+    # seed 0), mean +- sd: cell type | z 0.830 +- 0.006 (0.821-0.839; mean - 3 sd = 0.814),
+    # condition | t - condition | z 0.128 +- 0.028, background / target |t| 0.065 +- 0.010.
     assert acc_type >= 0.80
     assert acc_cond_t > acc_cond_z
     background = data.sources["background"]
