@@ -112,15 +112,17 @@ def _bandwidths(
     sq_dists: Sequence[torch.Tensor], bandwidths: Sequence[float] | None
 ) -> torch.Tensor:
     """Squared bandwidths :math:`h^2`: given, or median heuristic times MEDIAN_FACTORS."""
+    like = sq_dists[0]
     if bandwidths is not None:
-        h2 = torch.as_tensor(list(bandwidths), dtype=sq_dists[0].dtype)
+        h2 = torch.as_tensor(list(bandwidths), dtype=like.dtype, device=like.device)
         if (h2 <= 0).any():
             raise ValueError("bandwidths must be positive.")
         return h2
     pooled = torch.cat([d.detach().reshape(-1) for d in sq_dists])
     pooled = pooled[pooled > 0]
-    med = pooled.median() if pooled.numel() else torch.ones((), dtype=sq_dists[0].dtype)
-    return med.clamp_min(1e-12) * torch.as_tensor(MEDIAN_FACTORS, dtype=med.dtype)
+    med = pooled.median() if pooled.numel() else like.new_ones(())
+    factors = torch.as_tensor(MEDIAN_FACTORS, dtype=med.dtype, device=med.device)
+    return med.clamp_min(1e-12) * factors
 
 
 def rbf_kernel(sq_dist: torch.Tensor, h2_k: torch.Tensor) -> torch.Tensor:
