@@ -32,11 +32,8 @@ def test_kang_background_keeps_cell_types_salient_carries_condition(kang_path):
     print(f"cell type | z {acc_type:.3f}; condition | z {acc_cond_z:.3f}, | t {acc_cond_t:.3f}")
     # Over training seeds 0-9 (experiments/test_thresholds/measure.py, case kang; this fit is
     # seed 0), mean +- sd: cell type | z 0.830 +- 0.006 (0.821-0.839; mean - 3 sd = 0.814),
-    # condition | t - condition | z 0.128 +- 0.028, background / target |t| 0.065 +- 0.010.
-    # Fit seeds 0-4 of this exact setting: cell type | z 0.827 +- 0.004, condition | z
-    # 0.878 +- 0.019, condition | t 0.998 +- 0.001, background/target |t| ratio 0.067 +- 0.012
-    # (experiments/test_thresholds/kang_contrastive.py): every bar sits more than 3 sd from
-    # the mean.
+    # condition | t - condition | z 0.128 +- 0.028, background / target |t| 0.065 +- 0.010:
+    # every bar sits more than 3 sd from the mean.
     assert acc_type >= 0.80
     assert acc_cond_t > acc_cond_z
     background = data.sources["background"]
