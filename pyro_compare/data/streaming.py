@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .validation import DataValidationError
+from .validation import DataValidationError, get_matrix
 
 __all__ = [
     "RowStore",
@@ -143,19 +143,7 @@ def _matrix_elem(adata, group, layer: str | None, where: str):
                 f"X, or one of the available layers."
             )
         return group[key]
-    if layer is None:
-        if adata.X is None:
-            raise DataValidationError(
-                "adata.X is empty. Put the raw counts in X or pass layer='<counts layer>'."
-            )
-        return adata.X
-    if layer not in adata.layers:
-        layers = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise DataValidationError(
-            f"layer {layer!r} is not in adata.layers (available: {layers}). "
-            f"Pass layer=None to use adata.X, or one of the available layers."
-        )
-    return adata.layers[layer]
+    return get_matrix(adata, layer)
 
 
 def open_parts(sources, layer: str | None = None):

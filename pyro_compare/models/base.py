@@ -287,6 +287,34 @@ class ComparativeModel(PyroModule):
             self.train(was_training)
 
     # ------------------------------------------------------------------ predictives
+    def _predict(
+        self,
+        data: ComparativeData | Sources,
+        split: str | None,
+        num_samples: int,
+        return_sites: tuple[str, ...] | None,
+        guide: bool,
+    ) -> dict[str, torch.Tensor]:
+        """``pyro.infer.Predictive`` on the batch of ``data`` (all cells of ``split``), on the
+        model's device; results on the CPU. With ``guide`` the posterior predictive
+        (``observe=False``), otherwise the prior predictive (``x_ng`` dropped)."""
+        if isinstance(data, ComparativeData):
+            batch = self.prepare_data(data).full_batch(split)
+        else:
+            batch = data
+        device = next(self.parameters()).device
+        batch = {s: (src if guide else src.without_data()).to(device) for s, src in batch.items()}
+        if return_sites is None:
+            return_sites = tuple(f"x_{s}" for s, src in batch.items() if src.size > 0)
+        predictive = pyro.infer.Predictive(
+            self.model,
+            guide=self.guide if guide else None,
+            num_samples=num_samples,
+            return_sites=list(return_sites),
+        )
+        samples = predictive(batch, observe=False) if guide else predictive(batch)
+        return {k: v.cpu() for k, v in samples.items()}
+
     @torch.no_grad()
     def posterior_predictive(
         self,
@@ -302,18 +330,7 @@ class ComparativeModel(PyroModule):
         (replicated data given the observed cells' latents) unless ``return_sites`` says
         otherwise; computed on the model's device, returned on the CPU.
         """
-        if isinstance(data, ComparativeData):
-            batch = self.prepare_data(data).full_batch(split)
-        else:
-            batch = data
-        device = next(self.parameters()).device
-        batch = {s: src.to(device) for s, src in batch.items()}
-        if return_sites is None:
-            return_sites = tuple(f"x_{s}" for s, src in batch.items() if src.size > 0)
-        predictive = pyro.infer.Predictive(
-            self.model, guide=self.guide, num_samples=num_samples, return_sites=list(return_sites)
-        )
-        return {k: v.cpu() for k, v in predictive(batch, observe=False).items()}
+        return self._predict(data, split, num_samples, return_sites, guide=True)
 
     @torch.no_grad()
     def prior_predictive(
@@ -326,18 +343,7 @@ class ComparativeModel(PyroModule):
         """Prior predictive samples with the sizes, library sizes and designs of ``data``
         (its counts are dropped): ``Predictive(model.model, num_samples)(sources)``; computed
         on the model's device, returned on the CPU."""
-        if isinstance(data, ComparativeData):
-            batch = self.prepare_data(data).full_batch(split)
-        else:
-            batch = data
-        device = next(self.parameters()).device
-        batch = {s: src.without_data().to(device) for s, src in batch.items()}
-        if return_sites is None:
-            return_sites = tuple(f"x_{s}" for s, src in batch.items() if src.size > 0)
-        predictive = pyro.infer.Predictive(
-            self.model, num_samples=num_samples, return_sites=list(return_sites)
-        )
-        return {k: v.cpu() for k, v in predictive(batch).items()}
+        return self._predict(data, split, num_samples, return_sites, guide=False)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
