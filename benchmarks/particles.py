@@ -37,7 +37,6 @@ import statistics
 import time
 from pathlib import Path
 
-import anndata as ad
 import pyro
 import torch
 
@@ -49,14 +48,7 @@ MODELS = ("SAMSVAE", "AdditiveShiftVAE", "SparseShiftVAE", "ConditionalVAE")
 
 
 def load(path: Path, validation_fraction: float, seed: int) -> pc.data.ComparativeData:
-    adata = ad.read_h5ad(path)
-    data = pc.data.ComparativeData.from_anndata(
-        adata,
-        condition_key="perturbation",
-        background="non-targeting",
-        perturbation_key="perturbation",
-        exclude=("unassigned",),
-    )
+    data = pc.data.papalexi2021(path)
     data.set_split(pc.data.split_by_cell(data, validation_fraction, seed=seed))
     return data
 

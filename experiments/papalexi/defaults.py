@@ -33,36 +33,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import torch
 
 import pyro_compare as pc
 from pyro_compare.metrics import perturbation as pm
 
-HERE = Path(__file__).resolve().parent
-DATA_DIR = Path(os.environ.get("PYRO_COMPARE_DATA_DIR", HERE.parents[1] / ".." / "shared" / "data"))
-FILE = "papalexi2021_sceptre_lowmoi_counts.h5ad"
 STRONG_SIX = ["STAT1", "JAK2", "IFNGR1", "IFNGR2", "SMAD4", "IRF1"]
 MODELS = ("SAMSVAE", "SparseShiftVAE", "AdditiveShiftVAE", "ConditionalVAE")
 
 
 def load() -> pc.data.ComparativeData:
-    path = DATA_DIR / FILE
-    if not path.exists():
-        raise SystemExit(f"dataset not found: {path} (set PYRO_COMPARE_DATA_DIR)")
-    return pc.data.ComparativeData.from_anndata(
-        ad.read_h5ad(path),
-        condition_key="perturbation",
-        background="non-targeting",
-        perturbation_key="perturbation",
-        exclude=("unassigned",),
-    )
+    return pc.data.papalexi2021()  # located by pc.data.dataset_path
 
 
 class _Trace(pc.infer.Callback):

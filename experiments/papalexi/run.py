@@ -29,11 +29,9 @@ Data: ``../shared/data/papalexi2021_sceptre_lowmoi_counts.h5ad`` next to the rep
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-import anndata as ad
 import matplotlib
 
 matplotlib.use("Agg")
@@ -48,23 +46,11 @@ from pyro_compare.metrics import perturbation as pm
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
-DATA_DIR = Path(os.environ.get("PYRO_COMPARE_DATA_DIR", HERE.parents[1] / ".." / "shared" / "data"))
-FILE = "papalexi2021_sceptre_lowmoi_counts.h5ad"
 STRONG = ["IFNGR1", "IFNGR2", "JAK2", "IRF1"]
 
 
 def load(validation_fraction: float, seed: int) -> pc.data.ComparativeData:
-    path = DATA_DIR / FILE
-    if not path.exists():
-        raise SystemExit(f"dataset not found: {path} (set PYRO_COMPARE_DATA_DIR)")
-    adata = ad.read_h5ad(path)
-    data = pc.data.ComparativeData.from_anndata(
-        adata,
-        condition_key="perturbation",
-        background="non-targeting",
-        perturbation_key="perturbation",
-        exclude=("unassigned",),
-    )
+    data = pc.data.papalexi2021()  # located by pc.data.dataset_path
     data.set_split(pc.data.split_by_cell(data, validation_fraction, seed=seed))
     return data
 

@@ -1,7 +1,7 @@
 """AnnData -> tensors, validation, held-out splits, simulators with ground truth, datasets."""
 
 from .comparative import SOURCES, ComparativeData, ShardBatch, build_design
-from .datasets import KANG2018, PAPALEXI2021, data_dir, dataset_path
+from .datasets import KANG2018, PAPALEXI2021, data_dir, dataset_path, papalexi2021
 from .simulate import simulate_contrastive, simulate_mixture, simulate_sparse_shift
 from .splits import (
     apply_split,
@@ -23,6 +23,7 @@ __all__ = [
     "build_design",
     "data_dir",
     "dataset_path",
+    "papalexi2021",
     "perturbation_labels",
     "simulate_contrastive",
     "simulate_mixture",

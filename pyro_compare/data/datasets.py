@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["KANG2018", "PAPALEXI2021", "data_dir", "dataset_path"]
+__all__ = ["KANG2018", "PAPALEXI2021", "data_dir", "dataset_path", "papalexi2021"]
 
 #: Kang et al. (2018) PBMCs, control vs IFN-beta stimulated (raw counts).
 KANG2018 = "kang2018_scgen_valid_counts.h5ad"
@@ -60,3 +60,27 @@ def dataset_path(name: str, must_exist: bool = True) -> Path:
             f"to the folder that holds it."
         )
     return candidates[0] / name
+
+
+def papalexi2021(path: str | Path | None = None, **kwargs):
+    """The Papalexi et al. (2021) screen as :class:`~pyro_compare.data.ComparativeData`.
+
+    Its conventions in one place: the ``perturbation`` obs column gives both the sources
+    (``"non-targeting"`` cells are the background) and the multi-hot design, and
+    ``"unassigned"`` cells (no guide called) are dropped. ``path`` defaults to
+    :func:`dataset_path` of :data:`PAPALEXI2021`; ``kwargs`` go to
+    :meth:`~pyro_compare.data.ComparativeData.from_anndata` (e.g. ``seed=``).
+    """
+    import anndata as ad
+
+    from .comparative import ComparativeData
+
+    adata = ad.read_h5ad(path if path is not None else dataset_path(PAPALEXI2021))
+    return ComparativeData.from_anndata(
+        adata,
+        condition_key="perturbation",
+        background="non-targeting",
+        perturbation_key="perturbation",
+        exclude=("unassigned",),
+        **kwargs,
+    )
