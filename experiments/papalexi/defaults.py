@@ -96,6 +96,13 @@ def run_seed(data, args, seed: int) -> dict:
         fit_kwargs["lr"] = args.lr
     if args.particles is not None:
         fit_kwargs["num_particles"] = args.particles
+    if args.batch_size is not None:
+        fit_kwargs["batch_size"] = args.batch_size
+    if args.lr_schedule is not None:
+        fit_kwargs["lr_schedule"] = None if args.lr_schedule == "none" else args.lr_schedule
+    for item in args.model_arg or []:
+        key, value = item.split("=", 1)
+        model_kwargs[key] = json.loads(value)
 
     callbacks = [_Trace(args.trace_every, observed)] if args.trace_every else []
     torch.manual_seed(seed)
@@ -107,6 +114,8 @@ def run_seed(data, args, seed: int) -> dict:
     fit_seconds = time.perf_counter() - t0
     fit_cpu_seconds = time.process_time() - c0
 
+    if args.save_model is not None:
+        model.save(Path(str(args.save_model).format(seed=seed)))
     predicted = pm.average_treatment_effect(model, data, kos)
     agreement = pm.ate_agreement(predicted, observed, top_n=20, de_scores=de_train)
     out = {
@@ -168,6 +177,14 @@ def main() -> None:
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--particles", type=int, default=None)
     g.add_argument("--guide", default=None, choices=["correlated", "mean_field"])
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--lr-schedule", default=None, help="cosine or none")
+    g.add_argument(
+        "--model-arg", nargs="+", default=None, help="model keyword=JSON value, e.g. mask_prior=0.2"
+    )
+    parser.add_argument(
+        "--save-model", type=Path, default=None, help="save each fitted model ({seed} expands)"
+    )
     parser.add_argument(
         "--combine",
         type=Path,
@@ -198,7 +215,17 @@ def main() -> None:
 
     overrides = {
         k: getattr(args, k)
-        for k in ("n_latent", "hidden", "epochs", "lr", "particles", "guide")
+        for k in (
+            "n_latent",
+            "hidden",
+            "epochs",
+            "lr",
+            "particles",
+            "guide",
+            "batch_size",
+            "lr_schedule",
+            "model_arg",
+        )
         if getattr(args, k) is not None
     }
     data = load()

@@ -37,13 +37,30 @@ def nb_log_prob(x: torch.Tensor, theta: torch.Tensor, logits: torch.Tensor) -> t
     """
     shape = torch.broadcast_shapes(x.shape, theta.shape, logits.shape)
     lp = x * logits - (theta + x) * F.softplus(logits)
+    # The log-gamma terms depend on x and theta only: evaluated on their broadcast shape,
+    # not on the logits' (under vectorised ELBO particles the logits carry a particle
+    # dimension that the counts and the per-gene theta do not).
+    # Pyro's plates ``expand`` the distribution's parameters (stride-0 views); undo that.
+    x, theta = _unexpand(x), _unexpand(theta)
+    shape_xt = torch.broadcast_shapes(x.shape, theta.shape)
+    idx = x.expand(shape_xt).nonzero(as_tuple=True)
+    x_nz = x.expand(shape_xt)[idx]
+    theta_nz = theta.expand(shape_xt)[idx]
+    gamma_terms = torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1)
+    gamma_xt = lp.new_zeros(shape_xt).index_put(idx, gamma_terms)
+    lp = lp + gamma_xt
     if lp.shape != shape:
         lp = lp.expand(shape)
-    idx = x.expand(shape).nonzero(as_tuple=True)
-    x_nz = x.expand(shape)[idx]
-    theta_nz = theta.expand(shape)[idx]
-    gamma_terms = torch.lgamma(x_nz + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(x_nz + 1)
-    return lp.index_put(idx, gamma_terms, accumulate=True)
+    return lp
+
+
+def _unexpand(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every broadcast (stride-0, size > 1) dimension narrowed to size 1: the same
+    values under broadcasting, without materialising the copies."""
+    for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        if stride == 0 and size > 1:
+            t = t.narrow(dim, 0, 1)
+    return t
 
 
 class SparseNegativeBinomial(dist.NegativeBinomial):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import MLP, cat_broadcast
+from .mlp import MLP
 
 __all__ = ["GaussianEncoder"]
 
@@ -21,6 +21,13 @@ class GaussianEncoder(nn.Module):
     vector) are concatenated to the transformed input.
 
     ``scale = softplus(raw) + min_scale`` keeps the posterior scale away from zero.
+
+    The first layer is affine, :math:`W [x; c] + b = W_x x + W_c c + b`, and is evaluated
+    in that split form: under vectorised ELBO particles the context (e.g. a sampled shift,
+    ``(particles, cells, c)``) carries a particle dimension that the cells ``(cells, genes)``
+    do not, so :math:`W_x x` is computed once instead of once per particle (the genes
+    dominate the encoder's cost). The parameters are those of one ``Linear`` on the
+    concatenation.
     """
 
     def __init__(
@@ -43,7 +50,16 @@ class GaussianEncoder(nn.Module):
         self, x_ng: torch.Tensor, context_nc: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.log1p(x_ng) if self.log_input else x_ng
-        if context_nc is not None:
-            h = cat_broadcast(h, context_nc)
-        loc_nd, raw_nd = self.net(h).split(self.n_latent, dim=-1)
+        if context_nc is None:
+            out = self.net(h)
+        else:
+            first = self.net[0]
+            n_x = h.shape[-1]
+            pre = F.linear(h, first.weight[:, :n_x], first.bias) + F.linear(
+                context_nc, first.weight[:, n_x:]
+            )
+            out = pre
+            for layer in list(self.net)[1:]:
+                out = layer(out)
+        loc_nd, raw_nd = out.split(self.n_latent, dim=-1)
         return loc_nd, F.softplus(raw_nd) + self.min_scale
