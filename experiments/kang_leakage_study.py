@@ -68,11 +68,15 @@ def w2() -> Sum:
 
 
 def make_objective(name: str):
-    """The candidate objective called ``name``; ``<name>@<epsilon>`` overrides epsilon."""
+    """The candidate objective called ``name``; ``<name>@<epsilon>`` overrides epsilon and
+    ``<name>@<epsilon>@<slack>`` also the dual's slack."""
     name, _, eps = name.partition("@")
     if eps:
+        eps, _, slack = eps.partition("@")
         objective = make_objective(name)
         objective.epsilon = float(eps)
+        if slack:
+            objective.slack = float(slack)
         return objective
     if name == "default":
         return None  # the model's default_objective (what fit uses when given none)
@@ -83,6 +87,14 @@ def make_objective(name: str):
     if name == "w2_cluster_mmd16":
         return Constrained(
             ClusterMMD(n_clusters=16), epsilon=EPSILON["cluster_mmd"], elbo=w2(), **DUAL
+        )
+    if name in ("w2_cluster_mmd_anchored", "w2_cluster_mmd16_anchored"):
+        k = 16 if "16" in name else 8
+        return Constrained(
+            ClusterMMD(n_clusters=k, anchor="background"),
+            epsilon=EPSILON["cluster_mmd"],
+            elbo=w2(),
+            **DUAL,
         )
     if name == "w2_mmd":
         return Constrained("mmd", epsilon=EPSILON["mmd"], elbo=w2(), **DUAL)

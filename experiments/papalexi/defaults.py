@@ -108,11 +108,14 @@ def run_seed(data, args, seed: int) -> dict:
     torch.manual_seed(seed)
     model = getattr(pc.models, args.model)(data.n_features, data.n_perturbations, **model_kwargs)
     t0, c0 = time.perf_counter(), time.process_time()
+    if args.device is not None:
+        fit_kwargs["device"] = args.device
     history = pc.infer.fit(
         model, data, seed=seed, progress=args.progress, callbacks=callbacks, **fit_kwargs
     )
     fit_seconds = time.perf_counter() - t0
     fit_cpu_seconds = time.process_time() - c0
+    model.cpu()  # evaluation on the CPU whatever the training device
 
     if args.save_model is not None:
         model.save(Path(str(args.save_model).format(seed=seed)))
@@ -165,6 +168,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iwelbo-particles", type=int, default=0)
+    parser.add_argument(
+        "--device", default=None, help="training device (default: fit's, the CPU); e.g. cuda"
+    )
     parser.add_argument("--progress", action="store_true")
     parser.add_argument(
         "--trace-every", type=int, default=0, help="log strong-six r every N epochs (0: off)"
@@ -240,6 +246,7 @@ def main() -> None:
         "pure_defaults": not overrides,
         "non_default_overrides": overrides,
         "threads": args.threads,
+        "device": args.device or "cpu",
         "torch": torch.__version__,
         "runs": runs,
         "summary": summarise(runs),

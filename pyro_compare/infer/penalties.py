@@ -469,6 +469,12 @@ class ClusterMMD:
         (posterior samples).
     bandwidths, min_effective_size
         See :func:`cluster_mmd`.
+    anchor
+        ``None``: the penalty's gradient moves the background latents of both sources;
+        ``"background"``: the background cells' latents are constants for it (detached),
+        so only the target cells are moved onto the background cells' distribution within
+        each cluster and the background source's latent structure (e.g. its cell types) is
+        learnt from its ELBO alone.
     """
 
     def __init__(
@@ -477,6 +483,7 @@ class ClusterMMD:
         key: str = "z_loc",
         bandwidths: Sequence[float] | None = None,
         min_effective_size: float = 2.0,
+        anchor: str | None = None,
     ) -> None:
         if n_clusters < 1:
             raise ValueError("n_clusters must be >= 1.")
@@ -486,6 +493,9 @@ class ClusterMMD:
         self.key = key
         self.bandwidths = bandwidths
         self.min_effective_size = float(min_effective_size)
+        if anchor not in (None, "background"):
+            raise ValueError(f"unknown anchor {anchor!r}; use None or 'background'.")
+        self.anchor = anchor
 
     def __call__(self, terms: SourceTerms) -> torch.Tensor:
         if self.key == "z_loc":
@@ -493,6 +503,8 @@ class ClusterMMD:
             y = _guide_normal(terms, "z", TARGET)[0]
         else:
             x, y = _guide_values(terms, "z", BACKGROUND), _guide_values(terms, "z", TARGET)
+        if self.anchor == "background":
+            x = x.detach()
         return cluster_mmd(
             x,
             y,
@@ -508,7 +520,8 @@ class ClusterMMD:
         """Nothing to restore (the clusters are recomputed on every minibatch)."""
 
     def __repr__(self) -> str:
-        return f"ClusterMMD(n_clusters={self.n_clusters}, key={self.key!r})"
+        anchor = "" if self.anchor is None else f", anchor={self.anchor!r}"
+        return f"ClusterMMD(n_clusters={self.n_clusters}, key={self.key!r}{anchor})"
 
 
 #: A penalty maps one step's :class:`~pyro_compare.infer.elbo.SourceTerms` (losses and

@@ -380,7 +380,7 @@ def test_default_fit_settings_and_best_ate_selection(data):
         progress=False,
     )
     settings = history.attrs["settings"]
-    assert settings["batch_size"] == 512 and settings["select"] == "best_ate"
+    assert settings["batch_size"] == 256 and settings["select"] == "best_ate"
     assert settings["lr_schedule"] == "cosine" and settings["early_stopping"] is False
     ate = history["validation_ate_pearson"]
     assert ate.notna().sum() == 3 and np.isfinite(ate.dropna()).all()
