@@ -84,7 +84,8 @@ class AdditiveShiftVAE(PerturbationVAE):
         k, d = self.n_perturbations, self.n_latent
         with pyro.plate("perturbation", k):
             effect = pyro.sample(
-                "effect", dist.Normal(0.0, self.effect_prior_scale).expand([k, d]).to_event(1)
+                "effect",
+                dist.Normal(self._zeros(d), self.effect_prior_scale).expand([k, d]).to_event(1),
             )
         return {"effect": effect}
 

@@ -126,7 +126,7 @@ class SAMSVAE(PerturbationVAE):
             )
             effect = pyro.sample(
                 "effect",
-                dist.Normal(0.0, self.effect_prior_scale).expand([k, d]).to_event(1),
+                dist.Normal(self._zeros(d), self.effect_prior_scale).expand([k, d]).to_event(1),
             )
         return {"mask": mask, "effect": effect}
 

@@ -256,7 +256,13 @@ def test_fit_and_predictions_on_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_perturbation_predictions_on_cuda():
     sim = pc.data.simulate_sparse_shift(
-        n_control=100, n_per_perturbation=50, n_perturbations=2, n_genes=20, n_latent=2, seed=0
+        n_control=100,
+        n_per_perturbation=50,
+        n_perturbations=2,
+        n_genes=20,
+        n_latent=2,
+        max_targets=2,
+        seed=0,
     )
     data = ComparativeData.from_anndata(
         sim, "perturbation", "control", perturbation_key="perturbation"

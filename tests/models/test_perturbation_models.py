@@ -387,3 +387,28 @@ def test_default_fit_settings_and_best_ate_selection(data):
     best_epoch = int(ate.idxmax())
     for name, value in model.state_dict().items():
         assert torch.equal(value, recorder.states[best_epoch][name]), name
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_distribution_follows_the_model_dtype(name, data):
+    """Every parameter of every sample site's distribution (model and guide) has the
+    parameters' dtype: a distribution built from Python floats (``Normal(0.0, s)``) makes
+    default-dtype CPU tensors, which the float64 check catches on the CPU and which fail a
+    fit on CUDA ("Expected all tensors to be on the same device")."""
+    model = MODELS[name](data.n_features, data.n_perturbations).double()
+    batch = sources_to(_small_batch(data), dtype=torch.float64)
+    guide_trace = pyro.poutine.trace(model.guide).get_trace(batch)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(model.model, guide_trace)).get_trace(batch)
+    for trace in (guide_trace, model_trace):
+        for site_name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            fn = site["fn"]
+            if not hasattr(fn, "arg_constraints"):  # plates' subsample sites
+                continue
+            while hasattr(fn, "base_dist"):
+                fn = fn.base_dist
+            for param in fn.arg_constraints:
+                value = getattr(fn, param, None)
+                if isinstance(value, torch.Tensor):
+                    assert value.dtype == torch.float64, (site_name, param, value.dtype)
