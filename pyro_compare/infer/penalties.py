@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 import torch
 from pyro import poutine
 
-from ..data.sources import BACKGROUND, TARGET
+from ..data.sources import BACKGROUND, TARGET, sources_to
 from .elbo import SourceTerms
 
 __all__ = [
@@ -556,12 +556,14 @@ def evaluate_penalty(
     split: str | None = None,
     batch_size: int = 128,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> float:
     """Average of a penalty over the minibatches of one pass through ``data`` (no gradients).
 
     Uses the same minibatch construction as training (every source in each batch), so the
     value is comparable to the ``epsilon`` of a :class:`~.objectives.Constrained` fit. The
-    guide is traced in eval mode and the penalty reads that trace.
+    guide is traced in eval mode (batches moved to ``device`` when given) and the penalty
+    reads that trace.
     """
     fn = resolve_penalty(penalty)
     was_training = model.training
@@ -569,6 +571,8 @@ def evaluate_penalty(
     values = []
     try:
         for batch in data.loader(batch_size, shuffle=True, split=split, seed=seed):
+            if device is not None:
+                batch = sources_to(batch, device)
             guide_trace = poutine.trace(model.guide).get_trace(batch)
             values.append(float(fn(SourceTerms({}, [(None, guide_trace)]))))
     finally:

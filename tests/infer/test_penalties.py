@@ -242,3 +242,30 @@ def test_cluster_mmd_penalty_is_pure_and_registered():
     assert a.item() == b.item() and penalty.state_dict() == {}
     with pytest.raises(ValueError):
         ClusterMMD(n_clusters=0)
+
+
+def test_anchored_cluster_mmd_moves_only_the_target_cells():
+    """``anchor="background"``: same value, but the gradient reaches the background encoder
+    only through the target cells (whose background latents it also encodes)."""
+    torch.manual_seed(0)
+    model, _, batch = _small_model_and_batch()
+    free, anchored = ClusterMMD(n_clusters=3), ClusterMMD(n_clusters=3, anchor="background")
+    terms = _guide_terms(model, batch)
+    assert anchored(terms).item() == pytest.approx(free(terms).item(), rel=1e-6)
+
+    def loc(role):
+        (site,) = terms.guide_sites("z", role)
+        fn = site["fn"]
+        while not hasattr(fn, "loc"):
+            fn = fn.base_dist
+        return fn.loc
+
+    x, y = loc("background"), loc("target")
+    gx, gy = torch.autograd.grad(anchored(terms), [x, y], allow_unused=True)
+    assert gx is None or torch.count_nonzero(gx) == 0
+    assert torch.count_nonzero(gy) > 0
+    gx_free = torch.autograd.grad(free(terms), [x])[0]
+    assert torch.count_nonzero(gx_free) > 0
+    assert "anchor='background'" in repr(anchored)
+    with pytest.raises(ValueError, match="anchor"):
+        ClusterMMD(anchor="target")
