@@ -283,6 +283,7 @@ def average_treatment_effect(
     basal: str = "control",
     sample_counts: bool = True,
     batch_size: int = 1024,
+    library: str = "matched",
 ) -> pd.DataFrame:
     r"""Model ATE from posterior predictive samples.
 
@@ -294,7 +295,8 @@ def average_treatment_effect(
     where :math:`x'^{(s)}_n(d)` is a posterior predictive draw of cell :math:`n` (a control
     cell of ``split`` by default, its basal state abducted from the guide, or a prior draw
     with ``basal="prior"``) under design :math:`d`, with globals drawn from the guide and
-    common random numbers across perturbations (see
+    common random numbers across perturbations, and, with ``library="matched"``, library
+    sizes scaled to those of each label's training cells (see
     :meth:`~pyro_compare.models.PerturbationVAE.predicted_means`).
 
     Returns
@@ -315,6 +317,7 @@ def average_treatment_effect(
         sample_counts=sample_counts,
         transform=log_normalize,
         batch_size=batch_size,
+        library=library,
     )
     return means.iloc[1:] - means.iloc[0].to_numpy()
 

@@ -17,6 +17,7 @@ from pyro_compare.data import ComparativeData
 from pyro_compare.data.sources import SourceBatch
 from pyro_compare.infer import source_plate
 from pyro_compare.metrics import perturbation as pm
+from pyro_compare.models.counterfactual import library_scales
 
 
 # ---------------------------------------------------------------------------- IWELBO
@@ -193,3 +194,47 @@ def test_posterior_predictive_check_statistics(tiny):
     summary = pm.ppc_summary(ppc)
     assert summary["pearson_log_mean"] == pytest.approx(1.0)
     assert summary["mae_zero_fraction"] == 0.0
+
+
+def test_matched_library_scales_the_predicted_counts_by_the_labels_depth():
+    """``library="matched"`` decodes label k at the control cells' depths times the ratio
+    of the mean training library of label k to the controls' (1 below 10 training cells,
+    e.g. unseen combinations); ``"control"`` keeps each cell's own depth; held-out cells
+    are never read."""
+    rng = np.random.default_rng(0)
+    n_ctrl, n_a = 40, 30
+    x = rng.poisson(3.0, size=(n_ctrl + n_a + 4, 5)).astype(np.float32) + 1
+    x[n_ctrl : n_ctrl + n_a] *= 2  # knock-out A doubles the depth over this panel
+    labels = ["ctrl"] * n_ctrl + ["A"] * n_a + ["B"] * 4
+    adata = ad.AnnData(
+        X=sp.csr_matrix(x),
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(x))]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(5)]),
+    )
+    data = ComparativeData.from_anndata(
+        adata, "perturbation", "ctrl", perturbation_key="perturbation"
+    )
+    train = np.ones(len(x), dtype=bool)
+    train[n_ctrl : n_ctrl + 5] = False  # held-out A cells: not read by the scales
+    data.set_split(train)
+    lib = x.sum(1).astype(np.float64)
+    scales = library_scales(data, ["ctrl", "A", "B", "A+B"], "matched")
+    expected_a = lib[n_ctrl + 5 : n_ctrl + n_a].mean() / lib[:n_ctrl].mean()
+    np.testing.assert_allclose(scales, [1.0, expected_a, 1.0, 1.0], rtol=1e-12)
+    assert library_scales(data, ["A"], "control") is None
+    with pytest.raises(ValueError, match="library"):
+        library_scales(data, ["A"], "observed")
+
+    from pyro_compare.models import SAMSVAE
+
+    model = SAMSVAE(data.n_features, data.n_perturbations, n_latent=2, hidden=(8,))
+    means = {}
+    for library in ("matched", "control"):
+        torch.manual_seed(0)
+        means[library] = model.predicted_means(
+            data, ["ctrl", "A", "B"], n_samples=2, sample_counts=False, library=library
+        )
+    ratio = means["matched"].to_numpy() / means["control"].to_numpy()
+    np.testing.assert_allclose(ratio[0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(ratio[1], expected_a, rtol=1e-5)
+    np.testing.assert_allclose(ratio[2], 1.0, rtol=1e-5)
