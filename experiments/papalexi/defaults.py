@@ -101,6 +101,9 @@ def run_seed(data, args, seed: int) -> dict:
         fit_kwargs["num_particles"] = args.particles
     if args.batch_size is not None:
         fit_kwargs["batch_size"] = args.batch_size
+    if args.select is not None:
+        fit_kwargs["select"] = args.select
+        fit_kwargs["early_stopping"] = args.select == "best_validation"
     if args.lr_schedule is not None:
         fit_kwargs["lr_schedule"] = None if args.lr_schedule == "none" else args.lr_schedule
     for item in args.model_arg or []:
@@ -213,6 +216,12 @@ def main() -> None:
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--lr-schedule", default=None, help="cosine or none")
     g.add_argument(
+        "--select",
+        default=None,
+        choices=["best_validation", "last"],
+        help="model selection (best_validation turns early stopping on)",
+    )
+    g.add_argument(
         "--model-arg", nargs="+", default=None, help="model keyword=JSON value, e.g. mask_prior=0.2"
     )
     parser.add_argument(
@@ -258,6 +267,7 @@ def main() -> None:
             "batch_size",
             "lr_schedule",
             "model_arg",
+            "select",
         )
         if getattr(args, k) is not None
     }
