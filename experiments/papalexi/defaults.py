@@ -78,6 +78,17 @@ class _Trace(pc.infer.Callback):
         print(f"trace epoch {epoch + 1}: strong-six r {self.trace[epoch + 1]}", file=sys.stderr)
 
 
+def scores(agreement) -> dict:
+    """Strong-six mean r, its per-knock-out values and the mean r over all knock-outs of an
+    ``ate_agreement`` table (Pearson r over all genes)."""
+    r = agreement["pearson_all"]
+    return {
+        "strong_six_mean_r": float(r.loc[STRONG_SIX].mean()),
+        "strong_six_r": {k: round(float(r.loc[k]), 4) for k in STRONG_SIX},
+        "mean_r_all": float(r.mean()),
+    }
+
+
 def run_seed(data, args, seed: int) -> dict:
     train_mask = pc.data.split_by_cell(data, validation_fraction=0.2, seed=seed, stratify=True)
     data.set_split(train_mask)
@@ -129,9 +140,7 @@ def run_seed(data, args, seed: int) -> dict:
     agreement = pm.ate_agreement(predicted, observed, top_n=20, de_scores=de_train)
     out = {
         "seed": seed,
-        "strong_six_mean_r": float(agreement.loc[STRONG_SIX, "pearson_all"].mean()),
-        "strong_six_r": {k: round(float(agreement.loc[k, "pearson_all"]), 4) for k in STRONG_SIX},
-        "mean_r_all": float(agreement["pearson_all"].mean()),
+        **scores(agreement),
         "r_all_per_knockout": agreement["pearson_all"].round(3).to_dict(),
         "mean_r_top20": float(agreement["pearson_top"].mean()),
         "fit_seconds": round(fit_seconds, 1),
@@ -156,19 +165,11 @@ def run_seed(data, args, seed: int) -> dict:
         top_n=20,
         de_scores=de_train,
     )
-    out["control_library"] = {
-        "strong_six_mean_r": float(at_control.loc[STRONG_SIX, "pearson_all"].mean()),
-        "strong_six_r": {k: round(float(at_control.loc[k, "pearson_all"]), 4) for k in STRONG_SIX},
-        "mean_r_all": float(at_control["pearson_all"].mean()),
-    }
+    out["control_library"] = scores(at_control)
     # The empirical baseline: the ATE observed on the training cells (4x the held-out cells of
     # each label) as the prediction of the held-out ATE, scored the same way.
     empirical = pm.ate_agreement(de_train, observed, top_n=20, de_scores=de_train)
-    out["empirical_train_ate"] = {
-        "strong_six_mean_r": float(empirical.loc[STRONG_SIX, "pearson_all"].mean()),
-        "strong_six_r": {k: round(float(empirical.loc[k, "pearson_all"]), 4) for k in STRONG_SIX},
-        "mean_r_all": float(empirical["pearson_all"].mean()),
-    }
+    out["empirical_train_ate"] = scores(empirical)
     if args.iwelbo_particles > 0:
         t1 = time.perf_counter()
         out["heldout_iwelbo"] = pm.iwelbo(

@@ -152,8 +152,9 @@ class PerturbationVAE(PerturbationPredictions, ComparativeModel):
         strong-knock-out agreement as 2e-3 or 4e-3 (strong-six mean r 0.857 / 0.856 / 0.849)
         and a better mean over all knock-outs (0.279 / 0.239 / 0.251); at lr 2e-3, 500
         instead of 300 epochs changed nothing (0.856). Batches of 256 cells (twice the
-        steps of 512 for the globals, at ~1.2x the time per epoch) gave 0.862 against 0.855
-        for 512 and 0.859 for 128 (one thread each, same seed).
+        steps of 512 for the globals, at ~1.8x the training-step time per epoch: 1.09 vs
+        0.57 s with 2 threads) gave 0.862 against 0.855 for 512 and 0.859 for 128 (one thread
+        each, same seed).
         """
         return {
             "batch_size": 256,
