@@ -103,6 +103,8 @@ def run(name: str, seed: int, max_epochs: int | None = None) -> dict:
         row["final_penalty"] = full_data_penalty(model, data, penalty)
         row["constraint_holds"] = bool(row["final_penalty"] <= epsilon)
         row["final_lambda"] = float(history["lambda"].iloc[-1])
+        row["feasibility_epochs"] = history.attrs.get("feasibility_epochs")
+        row["selected"] = history.attrs.get("selected")
     return row
 
 

@@ -62,6 +62,16 @@ def test_fit_writes_latents_and_settings(fitted):
     # No objective given: pc.infer.fit's default, recorded as such.
     assert entry["objective"]["class"] == type(model.default_objective()).__name__
     assert entry["objective"]["default"]
+    # The default objective is constrained: the end-of-fit check is recorded with the fit.
+    (check,) = entry["constraints"].values()
+    assert check == {
+        **model.history_.attrs["constraints"][0],
+        "feasibility_epochs": check["feasibility_epochs"],
+    }
+    assert check["feasibility_epochs"] == model.history_.attrs["feasibility_epochs"]
+    assert check["holds"] == (check["value"] <= check["epsilon"])
+    assert "ClusterMMD" in entry["objective"]["penalty"]
+    assert entry["fit"]["selected"] == model.history_.attrs["selected"]
     hist = pc.tl.history(adata, "cvae")
     pd.testing.assert_frame_equal(
         hist.reset_index(drop=True), model.history_.reset_index(drop=True), check_dtype=False

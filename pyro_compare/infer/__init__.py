@@ -6,7 +6,14 @@ from . import distributed, penalties
 from .callbacks import ATEAgreementMonitor, Callback, PerPerturbationLogger
 from .distributed import reduce_mean
 from .elbo import GLOBAL, SourceTerms, SourceTrace_ELBO, site_source
-from .fit import FIT_DEFAULTS, SELECT, TrainingDivergedError, evaluate_losses, fit
+from .fit import (
+    FIT_DEFAULTS,
+    SELECT,
+    ConstraintWarning,
+    TrainingDivergedError,
+    evaluate_losses,
+    fit,
+)
 from .handlers import SourceMessenger, source_plate
 from .objectives import Constrained, MultiObjective, Objective, Sum, min_norm_weights
 
@@ -24,6 +31,7 @@ __all__ = [
     "SourceTerms",
     "SourceTrace_ELBO",
     "Sum",
+    "ConstraintWarning",
     "TrainingDivergedError",
     "evaluate_losses",
     "fit",

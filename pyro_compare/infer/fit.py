@@ -12,7 +12,9 @@ import copy
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,14 @@ from .distributed import DataParallel, all_reduce_gradients, broadcast_tensors, 
 from .elbo import GLOBAL, SourceTerms, SourceTrace_ELBO
 from .objectives import Objective, Sum
 
-__all__ = ["FIT_DEFAULTS", "SELECT", "TrainingDivergedError", "evaluate_losses", "fit"]
+__all__ = [
+    "FIT_DEFAULTS",
+    "SELECT",
+    "ConstraintWarning",
+    "TrainingDivergedError",
+    "evaluate_losses",
+    "fit",
+]
 
 #: Which parameters ``fit`` keeps at the end: the best validation loss, the last epoch, or
 #: the best held-out ATE agreement (perturbation models; see ``ATEAgreementMonitor``).
@@ -48,8 +57,61 @@ FIT_DEFAULTS: dict[str, Any] = {
 LR_SCHEDULES = (None, "cosine")
 
 
+#: Passes through the data (different minibatch orders) averaged by the end-of-fit check of
+#: each constraint on the full data (a minibatch penalty such as ``"cluster_mmd"`` is an
+#: average over minibatches; one pass is noisy).
+CONSTRAINT_CHECK_PASSES = 3
+
+
 class TrainingDivergedError(FloatingPointError):
     """Training produced a non-finite loss or gradient; the last good parameters were kept."""
+
+
+class ConstraintWarning(UserWarning):
+    """A :class:`~pyro_compare.infer.objectives.Constrained` fit ended with its penalty above
+    epsilon on the full data."""
+
+
+@dataclass
+class _LoopState:
+    """What the epochs of one fit share: the last good parameters, the best ones so far."""
+
+    good_state: dict
+    best_loss: float
+    best_state: dict | None
+    bad_epochs: int
+    best_ate: float
+    best_ate_state: dict | None
+
+
+def _check_constraints(model, data, constraints, batch_size: int, device, ctx) -> list[dict]:
+    """Each constraint's penalty on all cells (:func:`~.penalties.evaluate_penalty` with the
+    training batch size, mean of :data:`CONSTRAINT_CHECK_PASSES` passes) against epsilon;
+    rank 0's verdict on every rank."""
+    from .penalties import evaluate_penalty
+
+    checks = []
+    for c in constraints:
+        passes = [
+            evaluate_penalty(model, data, c.penalty, None, batch_size, seed=p, device=device)
+            for p in range(CONSTRAINT_CHECK_PASSES)
+        ]
+        value = float(np.mean(passes))
+        holds = ctx.agree(value <= c.epsilon)
+        checks.append(
+            {
+                "name": c.name or "penalty",
+                "penalty": str(c.penalty),
+                "epsilon": c.epsilon,
+                "value": value,
+                "holds": bool(holds),
+            }
+        )
+    return checks
+
+
+def _holds(checks: list[dict]) -> bool:
+    return all(c["holds"] for c in checks)
 
 
 @torch.no_grad()
@@ -174,6 +236,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     num_particles: int | None = None,
+    feasibility_epochs: int = 30,
     lr_schedule: str | None = None,
     vectorize_particles: bool = True,
     clip_norm: float | None = 10.0,
@@ -226,6 +289,23 @@ def fit(
         added when absent).
     max_time
         Time budget in seconds: training stops after the epoch that exceeds it.
+    feasibility_epochs
+        A fit with constraints (:class:`~pyro_compare.infer.objectives.Constrained`) does not
+        end while one is violated on the full data: after the last epoch (or early
+        stopping), each constraint's penalty is evaluated on all cells (mean of
+        :data:`CONSTRAINT_CHECK_PASSES` passes of
+        :func:`~pyro_compare.infer.penalties.evaluate_penalty`); if the selected epoch
+        violates it, the last epoch is checked; if that violates it too, training goes on
+        (dual ascent included, lr held at its final value) for at most this many more
+        epochs, stopping at the first epoch whose check holds; before each such epoch every
+        violated constraint is tightened (:meth:`Constrained.tighten
+        <pyro_compare.infer.objectives.Constrained.tighten>`: its dual's target is scaled
+        by epsilon / full-data value). A
+        :class:`ConstraintWarning` reports a constraint still violated. The checks are in
+        ``history.attrs["constraints"]`` (penalty, epsilon, value, holds), the epochs added
+        in ``history.attrs["feasibility_epochs"]`` and the epoch kept in
+        ``history.attrs["selected"]`` (``"best_validation"``, ``"last"``, ``"best_ate"`` or
+        ``"feasibility"``).
     checkpoint_dir, resume
         Save a checkpoint every epoch (model, optimiser, objective, history, RNG state);
         ``resume=True`` continues from the latest one in ``checkpoint_dir``.
@@ -329,6 +409,7 @@ def fit(
             min_delta=min_delta,
             select=select,
             max_time=max_time,
+            feasibility_epochs=feasibility_epochs,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             progress=progress,
@@ -362,6 +443,7 @@ def _fit_loop(
     min_delta: float,
     select: str,
     max_time: float | None,
+    feasibility_epochs: int,
     checkpoint_dir: str | Path | None,
     resume: bool,
     progress: bool,
@@ -416,129 +498,184 @@ def _fit_loop(
             f"every rank sees.",
         )
 
-    good_state = copy.deepcopy(model.state_dict())
+    state = _LoopState(
+        good_state=copy.deepcopy(model.state_dict()),
+        best_loss=best_loss,
+        best_state=best_state,
+        bad_epochs=bad_epochs,
+        best_ate=best_ate,
+        best_ate_state=best_ate_state,
+    )
     bar = _Progress(progress and ctx.is_main, total=max_epochs, initial=start_epoch)
     source_names = list(train_sizes)
     started = time.perf_counter()
-    model.train()
+
+    def run_epoch(epoch: int) -> None:
+        """One pass over the training cells, validation, callbacks, bookkeeping."""
+        model.train()
+        t0 = time.perf_counter()
+        if lr_schedule == "cosine":
+            # lr -> lr / 10 along a half cosine over max_epochs (set per epoch, so a
+            # resumed fit continues the same schedule); feasibility epochs stay at lr / 10.
+            progress_ = min(epoch, max_epochs) / max(max_epochs, 1)
+            factor = 0.1 + 0.45 * (1 + math.cos(math.pi * progress_))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+        sums: dict[str, float] = {}
+        n_steps = 0
+        loader = ctx.loader(
+            data, batch_size, shuffle=True, split="train", seed=seed * 100_003 + epoch
+        )
+        for step, batch in enumerate(loader):
+            weights = ctx.source_weights(batch, source_names)  # before sources_to
+            if device is not None:
+                batch = sources_to(batch, device)
+            terms = elbo.source_terms(model.model, model.guide, batch).scaled(1 / n_train)
+            if ctx.active:
+                terms = SourceTerms(_weighted(terms.losses, weights, source_names), terms.traces)
+            losses = terms.losses
+            loss, log = objective(terms)
+            bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+            if not ctx.active and (bad or not torch.isfinite(loss)):
+                _diverged(model, state.good_state, epoch, step, bad or ["objective"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if ctx.active:
+                # Average the gradients over the ranks; a non-finite loss on any rank
+                # stops every rank (the flag travels in the same all-reduce).
+                local_bad = float(bool(bad) or not bool(torch.isfinite(loss)))
+                if all_reduce_gradients(all_params, local_bad) > 0:
+                    _diverged(model, state.good_state, epoch, step, bad or ["objective"])
+            if clip_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                if not torch.isfinite(norm):
+                    _diverged(model, state.good_state, epoch, step, ["gradient"])
+            optimizer.step()
+            objective.after_step(log)
+            log = dict(log)
+            for cb in callbacks:
+                log.update(cb.on_step(batch, terms, log))
+            for k, v in losses.items():
+                sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach())
+            sums["train_loss"] = sums.get("train_loss", 0.0) + sum(
+                float(v.detach()) for v in losses.values()
+            )
+            for k, v in log.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_steps += 1
+        row: dict[str, Any] = {"epoch": epoch}
+        sums = ctx.mean_dict(sums)  # the mean over ranks: the one-process values
+        for k, v in sums.items():
+            row[k] = v / n_steps
+        # train_<source> in per-cell-of-that-source units, like the validation columns.
+        for s, size in train_sizes.items():
+            if f"train_{s}" in row:
+                row[f"train_{s}"] *= n_train / size
+        if has_validation:
+            val = evaluate_losses(
+                model, data, "validation", max(batch_size, 512), elbo, device, ctx.active
+            )
+            row.update({f"validation_{k}": v for k, v in val.items()})
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, row)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        state.good_state = copy.deepcopy(model.state_dict())
+        monitor = row.get("validation_loss", row["train_loss"])
+        # An epoch whose constraint did not hold (on average) is neither "best" nor
+        # counted towards early stopping: the fit goes on until it holds.
+        feasible = all(v >= 0.5 for k, v in row.items() if k.startswith("constraint_satisfied"))
+        if feasible and monitor < state.best_loss - min_delta:
+            state.best_loss, state.best_state, state.bad_epochs = monitor, state.good_state, 0
+        elif feasible:
+            state.bad_epochs += 1
+        ate = row.get("validation_ate_pearson")
+        if ate is not None and math.isfinite(ate) and ate > state.best_ate:
+            state.best_ate, state.best_ate_state = ate, state.good_state
+        bar.update(row, list(train_sizes))
+        ranks_rng = ctx.gather_rng_states() if ckpt_path is not None else None
+        if ckpt_path is not None and ctx.is_main:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "objective": objective.state_dict(),
+                    "callbacks": [cb.state_dict() for cb in callbacks],
+                    "history": rows,
+                    "epoch": epoch,
+                    "best": (state.best_loss, state.best_state, state.bad_epochs),
+                    "best_ate": (state.best_ate, state.best_ate_state),
+                    "torch_rng": torch.get_rng_state(),
+                    "torch_rng_ranks": ranks_rng,
+                    "world_size": ctx.world_size,
+                },
+                ckpt_path,
+            )
+
+    constraints = objective.constraints()
+    selected = select
     try:
         with pyro.validation_enabled(False):
+            epoch = start_epoch - 1
             for epoch in range(start_epoch, max_epochs):
-                t0 = time.perf_counter()
-                if lr_schedule == "cosine":
-                    # lr -> lr / 10 along a half cosine over max_epochs (set per epoch, so a
-                    # resumed fit continues the same schedule).
-                    factor = 0.1 + 0.45 * (1 + math.cos(math.pi * epoch / max(max_epochs, 1)))
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * factor
-                sums: dict[str, float] = {}
-                n_steps = 0
-                loader = ctx.loader(
-                    data, batch_size, shuffle=True, split="train", seed=seed * 100_003 + epoch
-                )
-                for step, batch in enumerate(loader):
-                    weights = ctx.source_weights(batch, source_names)  # before sources_to
-                    if device is not None:
-                        batch = sources_to(batch, device)
-                    terms = elbo.source_terms(model.model, model.guide, batch).scaled(1 / n_train)
-                    if ctx.active:
-                        terms = SourceTerms(
-                            _weighted(terms.losses, weights, source_names), terms.traces
-                        )
-                    losses = terms.losses
-                    loss, log = objective(terms)
-                    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                    if not ctx.active and (bad or not torch.isfinite(loss)):
-                        _diverged(model, good_state, epoch, step, bad or ["objective"])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if ctx.active:
-                        # Average the gradients over the ranks; a non-finite loss on any rank
-                        # stops every rank (the flag travels in the same all-reduce).
-                        local_bad = float(bool(bad) or not bool(torch.isfinite(loss)))
-                        if all_reduce_gradients(all_params, local_bad) > 0:
-                            _diverged(model, good_state, epoch, step, bad or ["objective"])
-                    if clip_norm is not None:
-                        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                        if not torch.isfinite(norm):
-                            _diverged(model, good_state, epoch, step, ["gradient"])
-                    optimizer.step()
-                    objective.after_step(log)
-                    log = dict(log)
-                    for cb in callbacks:
-                        log.update(cb.on_step(batch, terms, log))
-                    for k, v in losses.items():
-                        sums[f"train_{k}"] = sums.get(f"train_{k}", 0.0) + float(v.detach())
-                    sums["train_loss"] = sums.get("train_loss", 0.0) + sum(
-                        float(v.detach()) for v in losses.values()
-                    )
-                    for k, v in log.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    n_steps += 1
-                row: dict[str, Any] = {"epoch": epoch}
-                sums = ctx.mean_dict(sums)  # the mean over ranks: the one-process values
-                for k, v in sums.items():
-                    row[k] = v / n_steps
-                # train_<source> in per-cell-of-that-source units, like the validation columns.
-                for s, size in train_sizes.items():
-                    if f"train_{s}" in row:
-                        row[f"train_{s}"] *= n_train / size
-                if has_validation:
-                    val = evaluate_losses(
-                        model, data, "validation", max(batch_size, 512), elbo, device, ctx.active
-                    )
-                    row.update({f"validation_{k}": v for k, v in val.items()})
-                for cb in callbacks:
-                    cb.on_epoch_end(epoch, row)
-                row["seconds"] = time.perf_counter() - t0
-                rows.append(row)
-                good_state = copy.deepcopy(model.state_dict())
-                monitor = row.get("validation_loss", row["train_loss"])
-                # An epoch whose constraint did not hold (on average) is neither "best" nor
-                # counted towards early stopping: the fit goes on until it holds.
-                feasible = all(
-                    v >= 0.5 for k, v in row.items() if k.startswith("constraint_satisfied")
-                )
-                if feasible and monitor < best_loss - min_delta:
-                    best_loss, best_state, bad_epochs = monitor, good_state, 0
-                elif feasible:
-                    bad_epochs += 1
-                ate = row.get("validation_ate_pearson")
-                if ate is not None and math.isfinite(ate) and ate > best_ate:
-                    best_ate, best_ate_state = ate, good_state
-                bar.update(row, list(train_sizes))
-                ranks_rng = ctx.gather_rng_states() if ckpt_path is not None else None
-                if ckpt_path is not None and ctx.is_main:
-                    torch.save(
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "objective": objective.state_dict(),
-                            "callbacks": [cb.state_dict() for cb in callbacks],
-                            "history": rows,
-                            "epoch": epoch,
-                            "best": (best_loss, best_state, bad_epochs),
-                            "best_ate": (best_ate, best_ate_state),
-                            "torch_rng": torch.get_rng_state(),
-                            "torch_rng_ranks": ranks_rng,
-                            "world_size": ctx.world_size,
-                        },
-                        ckpt_path,
-                    )
-                if early_stopping and bad_epochs >= patience:
+                run_epoch(epoch)
+                if early_stopping and state.bad_epochs >= patience:
                     break
                 out_of_time = max_time is not None and time.perf_counter() - started > max_time
                 if ctx.agree(out_of_time):  # rank 0's clock decides for every rank
                     break
+            if select == "best_validation" and early_stopping and state.best_state is not None:
+                model.load_state_dict(state.best_state)
+            elif select == "best_ate" and state.best_ate_state is not None:
+                model.load_state_dict(state.best_ate_state)
+            else:
+                selected = "last"
+            checks: list[dict[str, Any]] = []
+            extra = 0
+            if constraints:
+                checks = _check_constraints(model, data, constraints, batch_size, device, ctx)
+                if not _holds(checks) and selected != "last":
+                    # The selected epoch violates the constraint on the full data: fall
+                    # back to the last one (the dual ascent's current state).
+                    model.load_state_dict(state.good_state)
+                    selected = "last"
+                    checks = _check_constraints(model, data, constraints, batch_size, device, ctx)
+                # A fit does not end while a constraint is violated on the full data: more
+                # epochs (the dual ascent goes on) until it holds or the budget is spent.
+                while not _holds(checks) and extra < feasibility_epochs:
+                    out_of_time = max_time is not None and time.perf_counter() - started > max_time
+                    if ctx.agree(out_of_time):
+                        break
+                    for c, check in zip(constraints, checks):
+                        if not check["holds"]:
+                            c.tighten(check["value"])
+                    epoch += 1
+                    extra += 1
+                    run_epoch(epoch)
+                    selected = "feasibility"
+                    checks = _check_constraints(model, data, constraints, batch_size, device, ctx)
+                if not _holds(checks):
+                    text = ", ".join(
+                        f"{c['penalty']} = {c['value']:.4g} > epsilon {c['epsilon']:.4g}"
+                        for c in checks
+                        if not c["holds"]
+                    )
+                    warnings.warn(
+                        f"the constraint does not hold on the full data after {extra} "
+                        f"feasibility epochs ({text}); train longer (max_epochs, "
+                        f"feasibility_epochs) or relax epsilon.",
+                        ConstraintWarning,
+                        stacklevel=3,
+                    )
     finally:
         bar.close()
-    if select == "best_validation" and early_stopping and best_state is not None:
-        model.load_state_dict(best_state)
-    elif select == "best_ate" and best_ate_state is not None:
-        model.load_state_dict(best_ate_state)
     history = pd.DataFrame(rows)
-    history.attrs["best_loss"] = best_loss
+    history.attrs["best_loss"] = state.best_loss
     history.attrs["stopped_epoch"] = int(rows[-1]["epoch"]) if rows else start_epoch
+    history.attrs["selected"] = selected
+    if constraints:
+        history.attrs["constraints"] = checks
+        history.attrs["feasibility_epochs"] = extra
     model.history_ = history
     model.eval()
     return history

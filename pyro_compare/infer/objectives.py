@@ -62,6 +62,12 @@ class Objective:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def constraints(self) -> list[Constrained]:
+        """The :class:`Constrained` objectives in this one (itself and nested ``elbo``
+        objectives): ``fit`` checks each ``penalty <= epsilon`` on the full data before it
+        ends (see :func:`~pyro_compare.infer.fit`)."""
+        return []
+
 
 class Sum(Objective):
     r"""Fixed-weight sum: :math:`\sum_s w_s \mathcal{L}_s + \beta \, P`.
@@ -412,7 +418,8 @@ class Constrained(Objective):
     Logs ``penalty`` (minibatch value), ``constraint_value`` (the value used for the dual
     step: moving average or raw), ``lambda`` (multiplier used in this step) and
     ``constraint_satisfied`` (1 if the constraint value <= epsilon, else 0; its epoch mean is
-    the fraction of satisfied steps), plus the ``elbo`` objective's logs.
+    the fraction of satisfied steps), plus the ``elbo`` objective's logs (an entry of the
+    same name, e.g. the ``penalty`` of ``elbo=Sum(penalty=...)``, as ``elbo_<name>``).
     """
 
     def __init__(
@@ -461,6 +468,9 @@ class Constrained(Objective):
         self._penalty_fn: Penalty = resolve_penalty(penalty)
         self.constraint_average: float | None = None
         self.steps = 0
+        #: Multiplies the dual's target; lowered by :meth:`tighten` when the full-data value
+        #: ends above epsilon although the training minibatches met the target.
+        self.target_scale = 1.0
 
     def _key(self, key: str) -> str:
         return key if self.name is None else f"{key}_{self.name}"
@@ -470,6 +480,9 @@ class Constrained(Objective):
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.elbo.parameters()
+
+    def constraints(self) -> list[Constrained]:
+        return [self, *self.elbo.constraints()]
 
     def __call__(self, terms: SourceTerms) -> tuple[torch.Tensor, dict[str, float]]:
         elbo_loss, log = self.elbo(terms)
@@ -485,6 +498,11 @@ class Constrained(Objective):
             rho = self.moving_average
             c_used = rho * self.constraint_average + (1.0 - rho) * c
         log = dict(log)
+        for key in ("penalty", "constraint_value", "lambda", "constraint_satisfied"):
+            # an inner objective's entry of the same name (e.g. the fixed-weight penalty of
+            # ``elbo=Sum(penalty=...)``) is kept as ``elbo_<key>`` instead of overwritten
+            if self._key(key) in log:
+                log[f"elbo_{self._key(key)}"] = log.pop(self._key(key))
         log[self._key("penalty")] = c
         log[self._key("constraint_value")] = c_used
         log[self._key("lambda")] = lam
@@ -501,8 +519,19 @@ class Constrained(Objective):
 
     @property
     def target(self) -> float:
-        """The value the dual step drives the constraint to: :math:`(1 - s)\\epsilon`."""
-        return (1.0 - self.slack) * self.epsilon
+        """The value the dual step drives the constraint to: :math:`(1 - s)\\epsilon` (times
+        ``target_scale``, 1 unless :meth:`tighten` lowered it)."""
+        return (1.0 - self.slack) * self.epsilon * self.target_scale
+
+    def tighten(self, value: float) -> None:
+        """After an epoch whose full-data penalty ``value`` exceeded epsilon (``fit``'s
+        end-of-fit feasibility epochs): the dual's target is scaled by ``epsilon / value``
+        (the training minibatches the dual sees under-estimate the full-data value by
+        about that factor: held-out cells, a stale moving average). The multiplier itself
+        is left to the dual ascent, whose step bounds how fast the ELBO's weight can
+        fall."""
+        if value > self.epsilon > 0:
+            self.target_scale *= self.epsilon / value
 
     def _dual_step(self, c: float) -> None:
         """Projected dual ascent on the multiplier (after the primal loss was built)."""
@@ -525,6 +554,7 @@ class Constrained(Objective):
             "lambda": self.lambda_,
             "constraint_average": self.constraint_average,
             "steps": self.steps,
+            "target_scale": self.target_scale,
             "elbo": self.elbo.state_dict(),
         }
 
@@ -532,4 +562,5 @@ class Constrained(Objective):
         self.lambda_ = float(state["lambda"])
         self.constraint_average = state.get("constraint_average")
         self.steps = int(state.get("steps", 0))
+        self.target_scale = float(state.get("target_scale", 1.0))
         self.elbo.load_state_dict(state.get("elbo", {}))

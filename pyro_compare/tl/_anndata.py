@@ -264,7 +264,8 @@ def objective_settings(objective: Any) -> dict[str, Any]:
         if isinstance(v, (str, bool, numbers.Real)):
             out[k] = v
         elif callable(v):
-            out[k] = getattr(v, "__name__", type(v).__name__)
+            # a function by its name, a penalty object by its repr (its settings)
+            out[k] = getattr(v, "__name__", None) or repr(v)
         elif isinstance(v, Mapping) and all(isinstance(x, numbers.Real) for x in v.values()):
             out[k] = dict(v)
     return out

@@ -122,6 +122,9 @@ def fit(
     * ``"data"``: the data settings (condition key, background value, layer, excluded
       values, counts, ...) and the number of cells per source,
     * ``"fit"``: the fit settings, ``"objective"``: the objective's settings,
+    * ``"constraints"``: for a constrained objective, the end-of-fit check of each
+      constraint on the full data (penalty, epsilon, value, holds, feasibility epochs;
+      see :func:`pyro_compare.infer.fit`),
     * ``"history"``: one array per column of the history (per-source losses, penalties,
       multipliers) — :func:`history` turns it back into a DataFrame,
     * ``"obsm_keys"``: ``{kind: obsm key}`` of the latents written.
@@ -214,6 +217,12 @@ def fit(
                 **{k: v for k, v in fit_kwargs.items() if k not in ("elbo",)},
                 "stopped_epoch": hist.attrs.get("stopped_epoch", len(hist) - 1),
                 "best_loss": hist.attrs.get("best_loss", float("nan")),
+                "selected": hist.attrs.get("selected", ""),
+            },
+            # the end-of-fit check of each constraint on the full data (see pc.infer.fit)
+            "constraints": {
+                c["name"]: {**c, "feasibility_epochs": hist.attrs["feasibility_epochs"]}
+                for c in hist.attrs.get("constraints", [])
             },
             "objective": {**objective_settings(used), "default": objective is None},
             "history": hist,

@@ -98,8 +98,11 @@ def test_nan_guard_stops_and_keeps_last_good_state(small_data):
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.filterwarnings("ignore::pyro_compare.infer.ConstraintWarning")
 def test_checkpoint_resume_continues(small_data, tmp_path):
-    kw = dict(batch_size=64, progress=False, early_stopping=False, seed=3)
+    # The model's default objective (constrained: its multiplier is checkpointed too), with
+    # no end-of-fit feasibility epochs, so that both runs stop at max_epochs.
+    kw = dict(batch_size=64, progress=False, early_stopping=False, seed=3, feasibility_epochs=0)
     reference = _model(small_data)
     full = fit(reference, small_data, max_epochs=4, **kw)
     model = _model(small_data)
@@ -114,3 +117,64 @@ def test_checkpoint_resume_continues(small_data, tmp_path):
         np.testing.assert_array_equal(resumed[col], full[col])
     for name, p in model.state_dict().items():
         torch.testing.assert_close(p, reference.state_dict()[name], rtol=0, atol=0)
+
+
+def _constrained(epsilon):
+    from pyro_compare.infer import Constrained
+
+    return Constrained(
+        "wasserstein_to_zero",
+        epsilon=epsilon,
+        update="multiplicative",
+        lambda_init=1.0,
+        dual_lr=0.1,
+    )
+
+
+def _full_data_penalty(model, data, batch_size):
+    from pyro_compare.infer.fit import CONSTRAINT_CHECK_PASSES
+    from pyro_compare.infer.penalties import evaluate_penalty
+
+    passes = range(CONSTRAINT_CHECK_PASSES)
+    values = [
+        evaluate_penalty(model, data, "wasserstein_to_zero", None, batch_size, seed=p)
+        for p in passes
+    ]
+    return float(np.mean(values))
+
+
+def test_constrained_fit_does_not_end_while_the_constraint_is_violated(small_data):
+    epsilon = 0.05
+    model = _model(small_data)
+    # 3 epochs leave the salient codes of background cells far from 0 (full-data W2^2
+    # 0.08-0.19 = 1.7-3.8 epsilon over fit seeds 0-4; 0.083 for seed 0, this test): the fit
+    # must go on until the full-data penalty is below epsilon (3-14 more epochs, seeds 0-4).
+    history = fit(
+        model, small_data, objective=_constrained(epsilon), max_epochs=3, lr=5e-3,
+        batch_size=100, progress=False,
+    )  # fmt: skip
+    extra = history.attrs["feasibility_epochs"]
+    assert 0 < extra <= 30
+    assert len(history) == 3 + extra
+    assert history.attrs["selected"] == "feasibility"
+    (check,) = history.attrs["constraints"]
+    assert check["holds"] and check["epsilon"] == epsilon
+    value = _full_data_penalty(model, small_data, 100)
+    assert value <= epsilon
+    assert math.isclose(value, check["value"], rel_tol=1e-6)
+
+
+def test_constraint_still_violated_warns(small_data):
+    from pyro_compare.infer import ConstraintWarning
+
+    model = _model(small_data)
+    with pytest.warns(ConstraintWarning, match="does not hold on the full data"):
+        history = fit(
+            model, small_data, objective=_constrained(0.05), max_epochs=3, lr=5e-3,
+            batch_size=100, progress=False, feasibility_epochs=0,
+        )  # fmt: skip
+    (check,) = history.attrs["constraints"]
+    assert not check["holds"]
+    assert check["value"] == pytest.approx(_full_data_penalty(model, small_data, 100), rel=1e-6)
+    assert check["value"] > 0.05
+    assert len(history) == 3 and history.attrs["feasibility_epochs"] == 0

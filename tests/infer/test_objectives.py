@@ -276,3 +276,23 @@ def test_objective_call_is_pure_and_after_step_updates_the_multiplier():
     assert first[1] == second[1] and objective.lambda_ == 0.0 and objective.steps == 0
     objective.after_step(first[1])  # constraint value 3 > epsilon 1: lambda += 0.5 * 2
     assert objective.lambda_ == pytest.approx(1.0) and objective.steps == 1
+
+
+class _Half:
+    """Penalty ``x / 2`` (distinct from the constraint's ``x``)."""
+
+    def __call__(self, terms: SourceTerms) -> torch.Tensor:
+        return terms.losses["x"] / 2
+
+
+def test_constrained_keeps_the_inner_sums_penalty_under_its_own_key():
+    inner = Sum(weights={"x": 0.0}, penalty=_Half(), penalty_weight=3.0)
+    objective = Constrained(penalty=_X(), elbo=inner, epsilon=1.0, lambda_init=2.0)
+    model = Point(3.0)
+    objective.setup(model, list(model.parameters()))
+    terms = SourceTerms({"f": (model.x - 2.0) ** 2, "x": model.x})
+    loss, log = objective(terms)
+    assert log["penalty"] == pytest.approx(3.0)  # the constraint's penalty x
+    assert log["elbo_penalty"] == pytest.approx(1.5)  # the inner Sum's x / 2
+    # f + 3 * x / 2 + 2 * (x - 1) at x = 3
+    assert float(loss) == pytest.approx(1.0 + 4.5 + 4.0)

@@ -163,7 +163,7 @@ def _mixture(n, weights, centers, shift=0.0, generator=None):
     return z
 
 
-def _cluster_mmd_means(reps=40, n=128, **cases):
+def _cluster_mmd_means(reps=40, n=128, kernel="rbf", **cases):
     g = torch.Generator().manual_seed(0)
     centers = 4.0 * torch.randn(6, 5, generator=g)
     out = {}
@@ -172,7 +172,7 @@ def _cluster_mmd_means(reps=40, n=128, **cases):
         for _ in range(reps):
             x = _mixture(n, wx, centers, generator=g)
             y = _mixture(n, wy, centers, shift, generator=g)
-            cm.append(cluster_mmd(x, y).item())
+            cm.append(cluster_mmd(x, y, kernel=kernel).item())
             um.append(mmd(x, y).item())
         out[name] = (sum(cm) / reps, sum(um) / reps)
     return out
@@ -269,3 +269,39 @@ def test_anchored_cluster_mmd_moves_only_the_target_cells():
     assert "anchor='background'" in repr(anchored)
     with pytest.raises(ValueError, match="anchor"):
         ClusterMMD(anchor="target")
+
+
+def test_linear_cluster_mmd_is_the_u_statistic_of_the_mean_difference():
+    # One cluster: every membership is 1, so the estimate is the unbiased squared distance
+    # between the two samples' means over the mean squared pairwise distance (float64).
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 4, generator=g, dtype=torch.float64) + 0.7
+    n, m = len(x), len(y)
+    xx = (x.sum(0).pow(2).sum() - x.pow(2).sum()) / (n * (n - 1))
+    yy = (y.sum(0).pow(2).sum() - y.pow(2).sum()) / (m * (m - 1))
+    xy = x.sum(0) @ y.sum(0) / (n * m)
+    pooled = torch.cat([x, y])
+    d2 = torch.cdist(pooled, pooled).pow(2)
+    h2 = d2.sum() / (len(pooled) * (len(pooled) - 1))
+    expected = (xx + yy - 2 * xy) / h2
+    got = cluster_mmd(x, y, n_clusters=1, kernel="linear")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-9)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        ClusterMMD(kernel="cosine")
+
+
+def test_linear_cluster_mmd_ignores_composition_and_sees_shifts():
+    balanced = [0.3, 0.3, 0.1, 0.1, 0.1, 0.1]
+    skewed = [0.05, 0.1, 0.1, 0.25, 0.25, 0.25]
+    means = _cluster_mmd_means(
+        kernel="linear",
+        composition=(balanced, skewed, 0.0),
+        within=(balanced, balanced, 0.75),
+    )
+    # measured (means over 40 minibatches of 128 + 128): composition 0.0042 (soft
+    # memberships let neighbouring clusters' mass move a cluster's mean), within 0.040;
+    # the unconditional MMD: 0.049 and 0.0032
+    assert abs(means["composition"][0]) < 0.01
+    assert means["within"][0] > 0.025
+    assert means["within"][0] > 5 * abs(means["composition"][0])

@@ -1,0 +1,115 @@
+"""Kang 2018: how much cell type can a *label-blind* alignment of the conditions keep?
+(issue 13, session 4)
+
+Issue 13 asks the default contrastive fit for a background latent with within-cell-type
+condition accuracy <= 0.66 *and* cell-type accuracy >= 0.82 (5-fold kNN, k = 15). This
+script asks what post-hoc alignments of a fitted latent reach, without any training
+against them: it fits ``w2`` (the W2 term alone, no leakage constraint; 1000 most variable
+genes, as ``kang_leakage_study.py``) and moves the stimulated cells' background latents:
+
+* ``K<k>_mean``: k-means (k clusters) of the pooled latent; in each cluster the stimulated
+  cells are translated so that their mean is the control cells' mean (a piecewise
+  translation: the label-blind analogue of what a within-cluster constraint asks);
+* ``K<k>_meancov``: the same, also matching per-dimension standard deviations;
+* ``knn_move_<f>``: each stimulated cell moved a fraction f of the way onto the mean of its
+  15 nearest control cells;
+* ``label_oracle_mean``: the stimulated cells of each *annotated* cell type translated onto
+  the control cells of the same type (uses the labels: an upper bound no label-blind
+  method can claim).
+
+Each row: cell-type accuracy and within-cell-type condition accuracy (the metrics of
+``pc.tl.knn_leakage``). Writes ``results/kang_alignment_frontier.json``::
+
+    OMP_NUM_THREADS=1 python experiments/kang_alignment_frontier.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.neighbors import NearestNeighbors
+
+import pyro_compare as pc
+from pyro_compare.metrics import knn_accuracy
+from pyro_compare.metrics.identifiability import _knn_composition_cv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kang_leakage_study import DATA, RESULTS, make_objective, top_variable_genes  # noqa: E402
+
+
+def alignments(zb: np.ndarray, stim: np.ndarray, cell_type: np.ndarray) -> dict:
+    """The aligned copies of ``zb`` described in the module docstring, by name."""
+    out = {"raw": zb}
+    for k in (4, 8, 16, 32):
+        labels = KMeans(k, n_init=4, random_state=0).fit(zb).labels_
+        for mode in ("mean", "meancov"):
+            z = zb.copy()
+            for c in range(k):
+                ctrl, tgt = (labels == c) & ~stim, (labels == c) & stim
+                if ctrl.sum() < 3 or tgt.sum() < 3:
+                    continue
+                centred = zb[tgt] - zb[tgt].mean(0)
+                if mode == "meancov":
+                    centred = centred / (zb[tgt].std(0) + 1e-6) * (zb[ctrl].std(0) + 1e-6)
+                z[tgt] = centred + zb[ctrl].mean(0)
+            out[f"K{k}_{mode}"] = z
+    z = zb.copy()
+    for t in np.unique(cell_type):
+        ctrl, tgt = (cell_type == t) & ~stim, (cell_type == t) & stim
+        z[tgt] = zb[tgt] - zb[tgt].mean(0) + zb[ctrl].mean(0)
+    out["label_oracle_mean"] = z
+    idx = NearestNeighbors(n_neighbors=15).fit(zb[~stim]).kneighbors(zb[stim])[1]
+    target = zb[~stim][idx].mean(1)
+    for f in (0.5, 0.8, 1.0):
+        z = zb.copy()
+        z[stim] = zb[stim] + f * (target - zb[stim])
+        out[f"knn_move_{f}"] = z
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    adata = top_variable_genes(ad.read_h5ad(DATA), 1000)
+    cell_type = adata.obs["cell_type"].astype(str).to_numpy()
+    condition = adata.obs["condition"].astype(str).to_numpy()
+    stim = condition != "control"
+    per_seed: dict = {}
+    for seed in args.seeds:
+        data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=seed)
+        model = pc.models.ContrastiveVAE(data.n_features, 10, 10)
+        pc.infer.fit(model, data, objective=make_objective("w2"), seed=seed, progress=False)
+        zb = model.latent(data, "background")
+        rows = {}
+        for name, z in alignments(zb, stim, cell_type).items():
+            within = _knn_composition_cv(z, condition, cell_type, k=15, seed=0)["within_group"]
+            rows[name] = {
+                "bg_celltype": round(knn_accuracy(z, cell_type, k=15), 4),
+                "bg_condition_within_celltype": round(float(within), 4),
+            }
+            print(seed, name, rows[name], flush=True)
+        per_seed[str(seed)] = rows
+    names = list(next(iter(per_seed.values())))
+    summary = {
+        name: {
+            metric: round(float(np.mean([per_seed[s][name][metric] for s in per_seed])), 4)
+            for metric in ("bg_celltype", "bg_condition_within_celltype")
+        }
+        for name in names
+    }
+    result = {"genes": 1000, "seeds": args.seeds, "mean": summary, "per_seed": per_seed}
+    (RESULTS / "kang_alignment_frontier.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

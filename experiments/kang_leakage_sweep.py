@@ -1,0 +1,92 @@
+"""Kang 2018: one-off variants of the contrastive fit around the default (issue 13, session 4).
+
+Each call fits one configuration, given as JSON: ``name`` (a candidate of
+``kang_leakage_study.make_objective``, e.g. ``w2`` or ``w2_cluster_mmd_anchored@0.01``),
+``seed`` (default 0), ``genes`` (most variable genes, default 1000), ``model`` (extra
+``ContrastiveVAE`` arguments, e.g. ``{"hidden": [256]}``), ``fit`` (extra ``pc.infer.fit``
+arguments) and ``obj`` (attributes set on the objective, e.g. ``{"lambda_": 10.0,
+"dual_lr": 0.01}``). It appends one JSON line to ``results/kang_leakage_sweep.jsonl``:
+background cell type and within-cell-type condition accuracy (5-fold kNN, k = 15, as in
+``kang_leakage_study.py``), the cell-type accuracy of control and of stimulated cells
+separately (``type_ctrl``, ``type_stim``), the salient latent's condition and cell-type
+accuracy, and the final full-data penalty (10 passes) against epsilon.
+
+Rows with ``"end_of_fit_check": false`` in the results ran before ``fit`` gained its
+end-of-fit feasibility check (same code otherwise). Two at a time::
+
+    printf '%s\\n' '{"name":"w2","genes":2000}' '{"name":"w2","model":{"hidden":[256]}}' |
+        OMP_NUM_THREADS=1 xargs -d '\\n' -P 2 -I{} python experiments/kang_leakage_sweep.py '{}'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import torch
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.neighbors import KNeighborsClassifier
+
+import pyro_compare as pc
+from pyro_compare.metrics import knn_accuracy
+from pyro_compare.metrics.identifiability import _knn_composition_cv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kang_leakage_study import (  # noqa: E402
+    DATA,
+    RESULTS,
+    constraint_of,
+    full_data_penalty,
+    make_objective,
+    top_variable_genes,
+)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    cfg = json.loads(sys.argv[1])
+    name, seed, genes = cfg["name"], cfg.get("seed", 0), cfg.get("genes", 1000)
+    adata = top_variable_genes(ad.read_h5ad(DATA), genes)
+    data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=seed)
+    model = pc.models.ContrastiveVAE(data.n_features, 10, 10, **cfg.get("model", {}))
+    objective = make_objective(name)
+    for key, value in cfg.get("obj", {}).items():
+        setattr(objective, key, value)
+    t0 = time.perf_counter()
+    history = pc.infer.fit(
+        model, data, objective=objective, seed=seed, progress=False, **cfg.get("fit", {})
+    )
+    seconds = time.perf_counter() - t0
+    cell_type = adata.obs["cell_type"].astype(str).to_numpy()
+    condition = adata.obs["condition"].astype(str).to_numpy()
+    zb, ts = model.latent(data, "background"), model.latent(data, "salient")
+    beyond = _knn_composition_cv(zb, condition, cell_type, k=15, seed=0)
+    row = {
+        "cfg": cfg,
+        "type": knn_accuracy(zb, cell_type, k=15),
+        "within": beyond["within_group"],
+        "sal_cond": knn_accuracy(ts, condition, k=15),
+        "sal_type": knn_accuracy(ts, cell_type, k=15),
+        "epochs": len(history),
+        "sec": seconds,
+        "end_of_fit_check": True,
+    }
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    pred = cross_val_predict(KNeighborsClassifier(15), zb, cell_type, cv=folds)
+    control = condition == "control"
+    row["type_ctrl"] = float((pred == cell_type)[control].mean())
+    row["type_stim"] = float((pred == cell_type)[~control].mean())
+    penalty, epsilon = constraint_of(objective, model)
+    if penalty is not None:
+        row["final"] = full_data_penalty(model, data, penalty)
+        row["eps"] = epsilon
+    print(json.dumps(row), flush=True)
+    with open(RESULTS / "kang_leakage_sweep.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
