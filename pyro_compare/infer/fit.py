@@ -297,10 +297,9 @@ def fit(
         :func:`~pyro_compare.infer.penalties.evaluate_penalty`); if the selected epoch
         violates it, the last epoch is checked; if that violates it too, training goes on
         (dual ascent included, lr held at its final value) for at most this many more
-        epochs, stopping at the first epoch whose check holds; before each such epoch every
-        violated constraint is tightened (:meth:`Constrained.tighten
-        <pyro_compare.infer.objectives.Constrained.tighten>`: its dual's target is scaled
-        by epsilon / full-data value). A
+        epochs, stopping at the first epoch whose check holds (the multiplier keeps
+        following the dual ascent: nothing is forced, so a fit is never traded for the
+        constraint). A
         :class:`ConstraintWarning` reports a constraint still violated. The checks are in
         ``history.attrs["constraints"]`` (penalty, epsilon, value, holds), the epochs added
         in ``history.attrs["feasibility_epochs"]`` and the epoch kept in
@@ -646,9 +645,6 @@ def _fit_loop(
                     out_of_time = max_time is not None and time.perf_counter() - started > max_time
                     if ctx.agree(out_of_time):
                         break
-                    for c, check in zip(constraints, checks):
-                        if not check["holds"]:
-                            c.tighten(check["value"])
                     epoch += 1
                     extra += 1
                     run_epoch(epoch)

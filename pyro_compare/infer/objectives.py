@@ -468,9 +468,6 @@ class Constrained(Objective):
         self._penalty_fn: Penalty = resolve_penalty(penalty)
         self.constraint_average: float | None = None
         self.steps = 0
-        #: Multiplies the dual's target; lowered by :meth:`tighten` when the full-data value
-        #: ends above epsilon although the training minibatches met the target.
-        self.target_scale = 1.0
 
     def _key(self, key: str) -> str:
         return key if self.name is None else f"{key}_{self.name}"
@@ -519,19 +516,8 @@ class Constrained(Objective):
 
     @property
     def target(self) -> float:
-        """The value the dual step drives the constraint to: :math:`(1 - s)\\epsilon` (times
-        ``target_scale``, 1 unless :meth:`tighten` lowered it)."""
-        return (1.0 - self.slack) * self.epsilon * self.target_scale
-
-    def tighten(self, value: float) -> None:
-        """After an epoch whose full-data penalty ``value`` exceeded epsilon (``fit``'s
-        end-of-fit feasibility epochs): the dual's target is scaled by ``epsilon / value``
-        (the training minibatches the dual sees under-estimate the full-data value by
-        about that factor: held-out cells, a stale moving average). The multiplier itself
-        is left to the dual ascent, whose step bounds how fast the ELBO's weight can
-        fall."""
-        if value > self.epsilon > 0:
-            self.target_scale *= self.epsilon / value
+        """The value the dual step drives the constraint to: :math:`(1 - s)\\epsilon`."""
+        return (1.0 - self.slack) * self.epsilon
 
     def _dual_step(self, c: float) -> None:
         """Projected dual ascent on the multiplier (after the primal loss was built)."""
@@ -554,7 +540,6 @@ class Constrained(Objective):
             "lambda": self.lambda_,
             "constraint_average": self.constraint_average,
             "steps": self.steps,
-            "target_scale": self.target_scale,
             "elbo": self.elbo.state_dict(),
         }
 
@@ -562,5 +547,4 @@ class Constrained(Objective):
         self.lambda_ = float(state["lambda"])
         self.constraint_average = state.get("constraint_average")
         self.steps = int(state.get("steps", 0))
-        self.target_scale = float(state.get("target_scale", 1.0))
         self.elbo.load_state_dict(state.get("elbo", {}))
