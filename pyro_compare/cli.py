@@ -409,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--salient-penalty",
         type=float,
         default=None,
-        help="opt-in: add this weight times the W2-to-zero penalty on background cells' salient "
-        "codes (default: the default objective of pc.infer.fit)",
+        help="instead of the model's default objective (for the contrastive VAE: W2 weight "
+        "10 and a within-cluster leakage constraint), fit the negative ELBO plus this weight "
+        "times the W2-to-zero penalty on background cells' salient codes, unconstrained",
     )
     f.add_argument("--save-model", default=None, help="also save the fitted model to this path")
     f.add_argument(
