@@ -13,6 +13,10 @@ genes, as ``kang_leakage_study.py``) and moves the stimulated cells' background 
 * ``K<k>_meancov``: the same, also matching per-dimension standard deviations;
 * ``knn_move_<f>``: each stimulated cell moved a fraction f of the way onto the mean of its
   15 nearest control cells;
+* ``global_mean``, ``global_coral``: one translation of all stimulated cells onto the
+  controls' mean; one affine map matching mean and covariance (CORAL);
+* ``ot_move_<f>``: optimal transport (an assignment of stimulated to control cells by
+  squared distance), each stimulated cell moved a fraction f of the way to its match;
 * ``label_oracle_mean``: the stimulated cells of each *annotated* cell type translated onto
   the control cells of the same type (uses the labels: an upper bound no label-blind
   method can claim).
@@ -33,6 +37,8 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import torch
+from scipy.linalg import sqrtm
+from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
@@ -65,6 +71,26 @@ def alignments(zb: np.ndarray, stim: np.ndarray, cell_type: np.ndarray) -> dict:
         ctrl, tgt = (cell_type == t) & ~stim, (cell_type == t) & stim
         z[tgt] = zb[tgt] - zb[tgt].mean(0) + zb[ctrl].mean(0)
     out["label_oracle_mean"] = z
+    # global alignments: one translation; one affine map matching mean and covariance
+    # (CORAL); optimal transport (an assignment of stimulated to control cells, each
+    # control used at most ceil(n_stim / n_ctrl) times) followed a fraction f of the way
+    z = zb.copy()
+    z[stim] = zb[stim] - zb[stim].mean(0) + zb[~stim].mean(0)
+    out["global_mean"] = z
+    root_ctrl = np.real(sqrtm(np.cov(zb[~stim].T)))
+    root_stim = np.real(sqrtm(np.cov(zb[stim].T)))
+    z = zb.copy()
+    z[stim] = (zb[stim] - zb[stim].mean(0)) @ (root_ctrl @ np.linalg.inv(root_stim)).T
+    z[stim] += zb[~stim].mean(0)
+    out["global_coral"] = z
+    cost = ((zb[stim][:, None, :] - zb[~stim][None, :, :]) ** 2).sum(-1)
+    copies = int(np.ceil(stim.sum() / (~stim).sum()))
+    _, col = linear_sum_assignment(np.tile(cost, (1, copies)))
+    matched = zb[~stim][col % (~stim).sum()]
+    for f in (0.7, 0.85, 1.0):
+        z = zb.copy()
+        z[stim] = zb[stim] + f * (matched - zb[stim])
+        out[f"ot_move_{f}"] = z
     idx = NearestNeighbors(n_neighbors=15).fit(zb[~stim]).kneighbors(zb[stim])[1]
     target = zb[~stim][idx].mean(1)
     for f in (0.5, 0.8, 1.0):
