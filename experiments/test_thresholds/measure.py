@@ -170,6 +170,44 @@ def kang(s: int) -> dict[str, float]:
     }
 
 
+@case(
+    "kang_default",
+    "tests/models/test_contrastive_kang.py::test_kang_default_objective_removes_the_condition",
+    {
+        "within_cell_type": ("<=", 0.70),
+        "acc_cell_type_z": (">=", 0.70),
+        "acc_condition_t": (">=", 0.95),
+        "constraint_holds": (">=", 1.0),
+    },
+)
+def kang_default(s: int) -> dict[str, float]:
+    import anndata as ad
+
+    from pyro_compare.data import KANG2018, dataset_path
+    from pyro_compare.metrics import knn_accuracy
+    from pyro_compare.metrics.identifiability import _knn_composition_cv
+
+    adata = ad.read_h5ad(dataset_path(KANG2018))
+    data = ComparativeData.from_anndata(adata, condition_key="condition", background="control")
+    _seed(s)
+    model = pc.models.ContrastiveVAE(data.n_features, 10, 10, hidden=(128,))
+    history = pc.infer.fit(model, data, max_epochs=25, lr=3e-3, seed=s, progress=False)
+    z = model.latent(data, "background")
+    t = model.latent(data, "salient")
+    cell_type = adata.obs["cell_type"].to_numpy()
+    condition = adata.obs["condition"].to_numpy()
+    beyond = _knn_composition_cv(z, condition, cell_type, k=15, seed=0)
+    (check,) = history.attrs["constraints"]
+    return {
+        "within_cell_type": beyond["within_group"],
+        "acc_cell_type_z": knn_accuracy(z, cell_type, k=15, n_folds=5),
+        "acc_condition_t": knn_accuracy(t, condition, k=15, n_folds=5),
+        "constraint_holds": float(check["holds"]),
+        "constraint_value": check["value"],
+        "feasibility_epochs": float(history.attrs["feasibility_epochs"]),
+    }
+
+
 # --------------------------------------------------------------------------- perturbation
 
 
@@ -409,12 +447,16 @@ def fit_small(s: int) -> dict[str, float]:
     data = ComparativeData.from_anndata(adata, "condition", "background")
     _seed(s)
     model = pc.models.ContrastiveVAE(data.n_features, 2, 1, hidden=(16,))
-    h = pc.infer.fit(model, data, max_epochs=12, batch_size=64, lr=1e-2, seed=s, progress=False)
+    h = pc.infer.fit(
+        model, data, objective=pc.infer.Sum(), max_epochs=12, batch_size=64, lr=1e-2, seed=s,
+        progress=False,
+    )  # fmt: skip
     _seed(s)
     model = pc.models.ContrastiveVAE(data.n_features, 2, 1, hidden=(16,))
     h2 = pc.infer.fit(
-        model, data, max_epochs=200, lr=5e-2, patience=2, seed=s, progress=False, batch_size=300
-    )
+        model, data, objective=pc.infer.Sum(), max_epochs=200, lr=5e-2, patience=2, seed=s,
+        progress=False, batch_size=300,
+    )  # fmt: skip
     v = h["validation_loss"]
     return {"val_loss_drop": float(v.iloc[0] - v.iloc[-1]), "early_stopping_epochs": len(h2)}
 
@@ -514,18 +556,20 @@ def three_sources(s: int) -> dict[str, float]:
 
 @case(
     "tools_fit",
-    "tests/test_tools.py::test_latents_recover_ground_truth_and_leakage_table",
+    "tests/test_tools.py::test_latents_recover_ground_truth_and_leakage_table "
+    "+ test_counterfactual_anndata",
     {
         "r2_background": (">=", 0.6),
         "r2_salient": (">=", 0.6),
         "knn_salient": (">=", 0.75),
         "knn_background": ("<=", 0.65),
+        "counterfactual_lfc_r": (">=", 0.45),
     },
 )
 def tools_fit(s: int) -> dict[str, float]:
     adata = pc.data.simulate_contrastive(400, 400, 60, 4, 2, seed=0)
     _seed(s)
-    pc.tl.fit(
+    model = pc.tl.fit(
         adata,
         condition_key="condition",
         background="background",
@@ -537,6 +581,14 @@ def tools_fit(s: int) -> dict[str, float]:
         seed=s,
         progress=False,
     )
+    # test_counterfactual_anndata: predicted vs observed log fold change
+    cf = pc.tl.counterfactual(adata, model, key="cvae", seed=1)
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    cf_x = cf.X.toarray() if hasattr(cf.X, "toarray") else np.asarray(cf.X)
+    is_bg = (adata.obs["condition"] == "background").to_numpy()
+    observed = np.log(x[~is_bg].mean(0) + 0.1) - np.log(x[is_bg].mean(0) + 0.1)
+    predicted = np.log(cf_x.mean(0) + 0.1) - np.log(cf.layers["factual"].mean(0) + 0.1)
+    lfc_r = float(np.corrcoef(observed, predicted)[0, 1])
     target = (adata.obs["condition"] == "target").to_numpy()
     table = pc.tl.knn_leakage(adata, ["X_cvae_background", "X_cvae_salient"], "condition")
     return {
@@ -548,6 +600,7 @@ def tools_fit(s: int) -> dict[str, float]:
         ),
         "knn_salient": float(table.loc["X_cvae_salient", "accuracy"]),
         "knn_background": float(table.loc["X_cvae_background", "accuracy"]),
+        "counterfactual_lfc_r": lfc_r,
     }
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_compare.data import ComparativeData, simulate_contrastive
-from pyro_compare.infer import Objective, TrainingDivergedError, fit
+from pyro_compare.infer import Objective, Sum, TrainingDivergedError, fit
 from pyro_compare.models import ContrastiveVAE
 
 
@@ -21,8 +21,14 @@ def _model(data, seed=0):
 
 
 def test_history_columns_and_loss_decreases(small_data):
+    # The plain ELBO: this tests the loop. (With the default objective, whose constraint
+    # costs ELBO on this tiny data set, first - last was 16.7 +- 8.8 over seeds 0-9, seed 8
+    # below 0: "fit_small_default_objective" in
+    # experiments/test_thresholds/results/measure_session4.json.)
     model = _model(small_data)
-    history = fit(model, small_data, max_epochs=12, batch_size=64, lr=1e-2, progress=False)
+    history = fit(
+        model, small_data, objective=Sum(), max_epochs=12, batch_size=64, lr=1e-2, progress=False
+    )
     for col in (
         "train_background",
         "train_target",
@@ -32,8 +38,9 @@ def test_history_columns_and_loss_decreases(small_data):
         "validation_loss",
     ):
         assert col in history, col
-    # first - last validation loss 22.3 +- 2.1 over seeds 0-9 (min 18.7; measured by
-    # experiments/test_thresholds/measure.py, case fit_small): > 0 is 10 sd away
+    # first - last validation loss 22.7 +- 2.1 over seeds 0-9 (min 18.7; measured by
+    # experiments/test_thresholds/measure.py, case fit_small, results/measure_session4.json):
+    # > 0 is 10 sd away
     assert history["validation_loss"].iloc[-1] < history["validation_loss"].iloc[0]
     assert model.history_ is history
 
@@ -47,9 +54,10 @@ def test_seeded_runs_are_reproducible(small_data):
 def test_early_stopping_restores_best(small_data):
     model = _model(small_data)
     history = fit(
-        model, small_data, max_epochs=200, lr=5e-2, patience=2, progress=False, batch_size=300
-    )
-    assert len(history) < 200  # stops after 25.5 +- 7.1 epochs (seeds 0-9, case fit_small)
+        model, small_data, objective=Sum(), max_epochs=200, lr=5e-2, patience=2,
+        progress=False, batch_size=300,
+    )  # fmt: skip
+    assert len(history) < 200  # stops after 31.8 +- 5.5 epochs (seeds 0-9, case fit_small)
     best = history["validation_loss"].min()
     assert math.isclose(history.attrs["best_loss"], best)
 
