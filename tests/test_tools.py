@@ -70,7 +70,8 @@ def test_fit_writes_latents_and_settings(fitted):
     }
     assert check["feasibility_epochs"] == model.history_.attrs["feasibility_epochs"]
     assert check["holds"] == (check["value"] <= check["epsilon"])
-    assert "ClusterMMD" in entry["objective"]["penalty"]
+    assert entry["objective"]["penalty"] == repr(model.default_objective().penalty)
+    assert entry["objective"]["elbo"] == "Sum"  # a class name, not a repr with an address
     assert entry["fit"]["selected"] == model.history_.attrs["selected"]
     hist = pc.tl.history(adata, "cvae")
     pd.testing.assert_frame_equal(

@@ -264,8 +264,10 @@ def objective_settings(objective: Any) -> dict[str, Any]:
         if isinstance(v, (str, bool, numbers.Real)):
             out[k] = v
         elif callable(v):
-            # a function by its name, a penalty object by its repr (its settings)
-            out[k] = getattr(v, "__name__", None) or repr(v)
+            # a function by its name, an object with its own repr (e.g. a penalty's settings)
+            # by it, any other object by its class (a default repr has a memory address)
+            own_repr = type(v).__repr__ is not object.__repr__
+            out[k] = getattr(v, "__name__", None) or (repr(v) if own_repr else type(v).__name__)
         elif isinstance(v, Mapping) and all(isinstance(x, numbers.Real) for x in v.values()):
             out[k] = dict(v)
     return out
