@@ -81,6 +81,9 @@ def run_demo(
         "epochs": int(len(history)),
         "seconds_per_epoch": float(history["seconds"].mean()),
         "final_validation_loss": float(history["validation_loss"].iloc[-1]),
+        # the default objective's leakage constraint, checked on all cells at the end
+        "constraints": history.attrs.get("constraints", []),
+        "feasibility_epochs": history.attrs.get("feasibility_epochs", 0),
         "simulation": sim,
         "fast": fast,
     }
@@ -106,6 +109,12 @@ def run_demo(
     if not quiet:
         print("Recovery (held-out affine R^2, true block <- learned block):")
         print(table.round(3).to_string())
+        for c in metrics["constraints"]:
+            verdict = "holds" if c["holds"] else "VIOLATED"
+            print(
+                f"leakage constraint {c['penalty']} <= {c['epsilon']:g} on all cells: "
+                f"{c['value']:.4g} ({verdict})"
+            )
         print(f"\nreport written to {out.resolve()}")
     return metrics
 

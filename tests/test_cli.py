@@ -24,6 +24,10 @@ def test_demo_fast_writes_report(tmp_path):
     assert metrics["r2_salient_from_salient"] > 0.6
     assert metrics["r2_salient_from_background"] < metrics["r2_salient_from_salient"]
     assert set(metrics["block_r2"]) == {"learned_background", "learned_salient"}
+    # The default objective's constraint check is reported (value against epsilon).
+    (check,) = metrics["constraints"]
+    assert check["holds"] == (check["value"] <= check["epsilon"])
+    assert metrics["epochs"] == 15 + metrics["feasibility_epochs"]
 
 
 @pytest.fixture
