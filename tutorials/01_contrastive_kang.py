@@ -167,8 +167,8 @@ print(f"cell-type kNN accuracy from the background latent: {cell_type_acc:.3f}")
 
 # %%
 data = pc.tl.comparative_data(adata, key="cvae")
-plain_mmd = pc.infer.penalties.evaluate_penalty(model, data, "mmd")
-print(f"MMD^2 between the background latents of the two conditions (plain fit): {plain_mmd:.4f}")
+default_mmd = pc.infer.penalties.evaluate_penalty(model, data, "mmd")
+print(f"MMD^2 between the two conditions' background latents (default fit): {default_mmd:.4f}")
 
 # %%
 epsilon = 0.01
