@@ -128,20 +128,13 @@ def full_data_penalty(model, data, penalty, passes: int = PASSES) -> float:
     return float(np.mean(vals))
 
 
-def run(name: str, seed: int, adata) -> dict:
-    data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=seed)
-    model = pc.models.ContrastiveVAE(data.n_features, 10, 10)
-    objective = make_objective(name)
-    t0 = time.perf_counter()
-    history = pc.infer.fit(model, data, objective=objective, seed=seed, progress=False)
-    seconds = time.perf_counter() - t0
+def knn_scores(zb: np.ndarray, ts: np.ndarray, adata) -> dict[str, float]:
+    """The study's metrics of a background latent ``zb`` and a salient latent ``ts`` of
+    ``adata``'s cells (5-fold kNN, k = 15; see the module docstring)."""
     condition = adata.obs["condition"].astype(str).to_numpy()
     cell_type = adata.obs["cell_type"].astype(str).to_numpy()
-    zb, ts = model.latent(data, "background"), model.latent(data, "salient")
     beyond = _knn_composition_cv(zb, condition, cell_type, k=15, seed=0)
-    row = {
-        "candidate": name,
-        "seed": seed,
+    return {
         "bg_celltype": knn_accuracy(zb, cell_type, k=15),
         "bg_condition": knn_accuracy(zb, condition, k=15),
         "bg_condition_within_celltype": beyond["within_group"],
@@ -149,6 +142,21 @@ def run(name: str, seed: int, adata) -> dict:
         "bg_condition_composition_floor": beyond["composition_floor"],
         "salient_condition": knn_accuracy(ts, condition, k=15),
         "salient_celltype": knn_accuracy(ts, cell_type, k=15),
+    }
+
+
+def run(name: str, seed: int, adata) -> dict:
+    data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=seed)
+    model = pc.models.ContrastiveVAE(data.n_features, 10, 10)
+    objective = make_objective(name)
+    t0 = time.perf_counter()
+    history = pc.infer.fit(model, data, objective=objective, seed=seed, progress=False)
+    seconds = time.perf_counter() - t0
+    zb, ts = model.latent(data, "background"), model.latent(data, "salient")
+    row = {
+        "candidate": name,
+        "seed": seed,
+        **knn_scores(zb, ts, adata),
         "epochs": int(len(history)),
         "s_per_epoch": float(history["seconds"].median()),
         "seconds": seconds,

@@ -31,8 +31,6 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
 import pyro_compare as pc
-from pyro_compare.metrics import knn_accuracy
-from pyro_compare.metrics.identifiability import _knn_composition_cv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kang_leakage_study import (  # noqa: E402
@@ -40,6 +38,7 @@ from kang_leakage_study import (  # noqa: E402
     RESULTS,
     constraint_of,
     full_data_penalty,
+    knn_scores,
     make_objective,
     top_variable_genes,
 )
@@ -63,13 +62,13 @@ def main() -> None:
     cell_type = adata.obs["cell_type"].astype(str).to_numpy()
     condition = adata.obs["condition"].astype(str).to_numpy()
     zb, ts = model.latent(data, "background"), model.latent(data, "salient")
-    beyond = _knn_composition_cv(zb, condition, cell_type, k=15, seed=0)
+    scores = knn_scores(zb, ts, adata)
     row = {
         "cfg": cfg,
-        "type": knn_accuracy(zb, cell_type, k=15),
-        "within": beyond["within_group"],
-        "sal_cond": knn_accuracy(ts, condition, k=15),
-        "sal_type": knn_accuracy(ts, cell_type, k=15),
+        "type": scores["bg_celltype"],
+        "within": scores["bg_condition_within_celltype"],
+        "sal_cond": scores["salient_condition"],
+        "sal_type": scores["salient_celltype"],
         "epochs": len(history),
         "sec": seconds,
         "end_of_fit_check": True,
