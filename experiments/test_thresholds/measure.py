@@ -130,6 +130,26 @@ def contrastive_likelihoods(s: int) -> dict[str, float]:
     return out
 
 
+def _kang_fit(s: int, objective=None):
+    """The setup of tests/models/test_contrastive_kang.py with training seed ``s``: all Kang
+    genes, ``ContrastiveVAE(n, 10, 10, hidden=(128,))``, 25 epochs at lr 3e-3; returns the
+    data, history, both latents, cell types and conditions."""
+    import anndata as ad
+
+    from pyro_compare.data import KANG2018, dataset_path
+
+    adata = ad.read_h5ad(dataset_path(KANG2018))
+    data = ComparativeData.from_anndata(adata, condition_key="condition", background="control")
+    _seed(s)
+    model = pc.models.ContrastiveVAE(data.n_features, 10, 10, hidden=(128,))
+    history = pc.infer.fit(
+        model, data, objective=objective, max_epochs=25, lr=3e-3, seed=s, progress=False
+    )
+    z = model.latent(data, "background")
+    t = model.latent(data, "salient")
+    return data, history, z, t, adata.obs["cell_type"].to_numpy(), adata.obs["condition"].to_numpy()
+
+
 @case(
     "kang",
     "tests/models/test_contrastive_kang.py::"
@@ -141,21 +161,10 @@ def contrastive_likelihoods(s: int) -> dict[str, float]:
     },
 )
 def kang(s: int) -> dict[str, float]:
-    import anndata as ad
-
-    from pyro_compare.data import KANG2018, dataset_path
     from pyro_compare.metrics import knn_accuracy
 
-    adata = ad.read_h5ad(dataset_path(KANG2018))
-    data = ComparativeData.from_anndata(adata, condition_key="condition", background="control")
-    _seed(s)
-    model = pc.models.ContrastiveVAE(data.n_features, 10, 10, hidden=(128,))
     objective = pc.infer.Sum(penalty="wasserstein_to_zero", penalty_weight=10.0)
-    pc.infer.fit(model, data, objective=objective, max_epochs=25, lr=3e-3, seed=s, progress=False)
-    z = model.latent(data, "background")
-    t = model.latent(data, "salient")
-    cell_type = adata.obs["cell_type"].to_numpy()
-    condition = adata.obs["condition"].to_numpy()
+    data, _, z, t, cell_type, condition = _kang_fit(s, objective)
     acc_type = knn_accuracy(z, cell_type, k=15, n_folds=5)
     acc_cond_z = knn_accuracy(z, condition, k=15, n_folds=5)
     acc_cond_t = knn_accuracy(t, condition, k=15, n_folds=5)
@@ -181,21 +190,10 @@ def kang(s: int) -> dict[str, float]:
     },
 )
 def kang_default(s: int) -> dict[str, float]:
-    import anndata as ad
-
-    from pyro_compare.data import KANG2018, dataset_path
     from pyro_compare.metrics import knn_accuracy
     from pyro_compare.metrics.identifiability import _knn_composition_cv
 
-    adata = ad.read_h5ad(dataset_path(KANG2018))
-    data = ComparativeData.from_anndata(adata, condition_key="condition", background="control")
-    _seed(s)
-    model = pc.models.ContrastiveVAE(data.n_features, 10, 10, hidden=(128,))
-    history = pc.infer.fit(model, data, max_epochs=25, lr=3e-3, seed=s, progress=False)
-    z = model.latent(data, "background")
-    t = model.latent(data, "salient")
-    cell_type = adata.obs["cell_type"].to_numpy()
-    condition = adata.obs["condition"].to_numpy()
+    _, history, z, t, cell_type, condition = _kang_fit(s)  # the default objective
     beyond = _knn_composition_cv(z, condition, cell_type, k=15, seed=0)
     (check,) = history.attrs["constraints"]
     return {

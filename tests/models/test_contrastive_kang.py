@@ -12,21 +12,27 @@ from pyro_compare.metrics.identifiability import _knn_composition_cv
 from pyro_compare.models import ContrastiveVAE
 
 
-@pytest.mark.data
-def test_kang_background_keeps_cell_types_salient_carries_condition(kang_path):
+def _fit_kang(kang_path, objective=None):
+    """All Kang genes, ``ContrastiveVAE(n, 10, 10, hidden=(128,))``, 25 epochs at lr 3e-3,
+    seed 0 (``objective=None``: the model's default); the data, history, both latents, cell
+    types and conditions."""
     adata = ad.read_h5ad(kang_path)
     data = ComparativeData.from_anndata(adata, condition_key="condition", background="control")
     torch.manual_seed(0)
     model = ContrastiveVAE(data.n_features, 10, 10, hidden=(128,))
+    history = fit(model, data, objective=objective, max_epochs=25, lr=3e-3, seed=0, progress=False)
+    z = model.latent(data, "background")
+    t = model.latent(data, "salient")
+    return data, history, z, t, adata.obs["cell_type"].to_numpy(), adata.obs["condition"].to_numpy()
+
+
+@pytest.mark.data
+def test_kang_background_keeps_cell_types_salient_carries_condition(kang_path):
     # The W2-to-zero term trains the salient encoder to map background cells to t = 0 (their
     # value under the model), as contrastiveVI's Wasserstein penalty does; without it the
     # salient codes of background cells are an untrained extrapolation.
     objective = Sum(penalty="wasserstein_to_zero", penalty_weight=10.0)
-    fit(model, data, objective=objective, max_epochs=25, lr=3e-3, seed=0, progress=False)
-    z = model.latent(data, "background")
-    t = model.latent(data, "salient")
-    cell_type = adata.obs["cell_type"].to_numpy()
-    condition = adata.obs["condition"].to_numpy()
+    data, _, z, t, cell_type, condition = _fit_kang(kang_path, objective)
     acc_type = knn_accuracy(z, cell_type, k=15, n_folds=5)
     acc_cond_z = knn_accuracy(z, condition, k=15, n_folds=5)
     acc_cond_t = knn_accuracy(t, condition, k=15, n_folds=5)
@@ -53,17 +59,9 @@ def test_kang_default_objective_removes_the_condition(kang_path):
     ~0.94), cell type 0.793 +- 0.024 (min 0.726), salient condition 0.997 +- 0.002, the
     constraint held on 10 of 10 (0-14 feasibility epochs). Bars beyond mean -/+ 3 sd.
     """
-    adata = ad.read_h5ad(kang_path)
-    data = ComparativeData.from_anndata(adata, condition_key="condition", background="control")
-    torch.manual_seed(0)
-    model = ContrastiveVAE(data.n_features, 10, 10, hidden=(128,))
-    history = fit(model, data, max_epochs=25, lr=3e-3, seed=0, progress=False)
+    _, history, z, t, cell_type, condition = _fit_kang(kang_path)  # the default objective
     (check,) = history.attrs["constraints"]
     assert check["holds"] and check["value"] <= check["epsilon"] == 0.01
-    z = model.latent(data, "background")
-    t = model.latent(data, "salient")
-    cell_type = adata.obs["cell_type"].to_numpy()
-    condition = adata.obs["condition"].to_numpy()
     within = _knn_composition_cv(z, condition, cell_type, k=15, seed=0)["within_group"]
     acc_type = knn_accuracy(z, cell_type, k=15, n_folds=5)
     acc_cond_t = knn_accuracy(t, condition, k=15, n_folds=5)
