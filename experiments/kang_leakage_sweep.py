@@ -4,8 +4,12 @@ Each call fits one configuration, given as JSON: ``name`` (a candidate of
 ``kang_leakage_study.make_objective``, e.g. ``w2`` or ``w2_cluster_mmd_anchored@0.01``),
 ``seed`` (default 0), ``genes`` (most variable genes, default 1000), ``model`` (extra
 ``ContrastiveVAE`` arguments, e.g. ``{"hidden": [256]}``), ``fit`` (extra ``pc.infer.fit``
-arguments) and ``obj`` (attributes set on the objective, e.g. ``{"lambda_": 10.0,
-"dual_lr": 0.01}``). It appends one JSON line to ``results/kang_leakage_sweep.jsonl``:
+arguments), ``obj`` (attributes set on the objective, e.g. ``{"lambda_": 10.0,
+"dual_lr": 0.01}``), ``penalty`` (attributes set on a constrained objective's penalty, e.g.
+``{"n_clusters": 16}``) and ``encoder`` (variants of the two encoders that are not
+``ContrastiveVAE`` options, made here for the sweep only: ``{"dropout": 0.1}`` adds dropout
+after each hidden layer; ``{"input": "per_10k"}`` feeds log1p of counts per 10,000 instead
+of log1p of the raw counts). It appends one JSON line to ``results/kang_leakage_sweep.jsonl``:
 background cell type and within-cell-type condition accuracy (5-fold kNN, k = 15, as in
 ``kang_leakage_study.py``), the cell-type accuracy of control and of stimulated cells
 separately (``type_ctrl``, ``type_stim``), the salient latent's condition and cell-type
@@ -44,6 +48,26 @@ from kang_leakage_study import (  # noqa: E402
 )
 
 
+def vary_encoder(encoder, dropout: float = 0.0, input: str = "log1p") -> None:
+    """Sweep-only encoder variants (see the module docstring), in place."""
+    if dropout:
+        # each ReLU becomes ReLU -> Dropout in its slot: the parameters keep their names,
+        # which fit's seeded re-initialisation (a state_dict load) needs
+        for i, layer in enumerate(encoder.net):
+            if isinstance(layer, torch.nn.ReLU):
+                encoder.net[i] = torch.nn.Sequential(layer, torch.nn.Dropout(dropout))
+    if input == "per_10k":
+        forward = encoder.forward
+
+        def per_10k(x_ng, context_nc=None):
+            scale_n1 = 1e4 / x_ng.sum(-1, keepdim=True).clamp_min(1.0)
+            return forward(x_ng * scale_n1, context_nc)
+
+        encoder.forward = per_10k
+    elif input != "log1p":
+        raise ValueError(f"unknown encoder input {input!r}")
+
+
 def main() -> None:
     torch.set_num_threads(1)
     cfg = json.loads(sys.argv[1])
@@ -51,9 +75,15 @@ def main() -> None:
     adata = top_variable_genes(ad.read_h5ad(DATA), genes)
     data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=seed)
     model = pc.models.ContrastiveVAE(data.n_features, 10, 10, **cfg.get("model", {}))
+    for encoder in (model.background_encoder, model.salient_encoder):
+        vary_encoder(encoder, **cfg.get("encoder", {}))
     objective = make_objective(name)
+    if objective is None and ("obj" in cfg or "penalty" in cfg):
+        objective = model.default_objective()  # what fit would use, to be varied
     for key, value in cfg.get("obj", {}).items():
         setattr(objective, key, value)
+    for key, value in cfg.get("penalty", {}).items():
+        setattr(objective.penalty, key, value)
     t0 = time.perf_counter()
     history = pc.infer.fit(
         model, data, objective=objective, seed=seed, progress=False, **cfg.get("fit", {})
