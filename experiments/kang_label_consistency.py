@@ -13,7 +13,11 @@ script checks that without any model:
   those neighbours against the cell's own label (cross-tabulated);
 * a model-free "aligned" representation: each stimulated cell moved a fraction f of the way
   onto the mean of its 15 nearest control cells (keeping 30 % of its residual), and the two
-  metrics of ``pc.tl.knn_leakage`` on it (pooled cell type, condition within label).
+  metrics of ``pc.tl.knn_leakage`` on it (pooled cell type, condition within label);
+* monocyte markers (all genes, log-normalised): mean and detection rate of classical
+  (CD14, S100A8, S100A9, LYZ, VCAN) and non-classical (FCGR3A, MS4A7, LST1) monocyte genes
+  in each monocyte label and condition, and the IFN-beta fold change of each marker within
+  the CD14+ label (to tell an IFN effect on a marker from a change of phenotype).
 
 Writes ``experiments/results/kang_label_consistency.json``. Run::
 
@@ -38,9 +42,46 @@ from pyro_compare.metrics.identifiability import _knn_composition_cv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kang_leakage_study import DATA, RESULTS, top_variable_genes  # noqa: E402
 
+#: Classical (CD14+) and non-classical (FCGR3A+) monocyte markers.
+MONOCYTE_MARKERS = {
+    "classical": ["CD14", "S100A8", "S100A9", "LYZ", "VCAN"],
+    "non_classical": ["FCGR3A", "MS4A7", "LST1"],
+}
+MONOCYTES = ["CD14+Mono", "FCGR3A+Mono"]
+
+
+def monocyte_markers(adata) -> dict:
+    """Per monocyte label and condition, each marker's mean log1p(counts per 10k) and the
+    fraction of cells detecting it; per marker, the stimulated / control ratio of the
+    means within the CD14+ label."""
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+    label = adata.obs["cell_type"].astype(str).to_numpy()
+    condition = adata.obs["condition"].astype(str).to_numpy()
+    genes = list(adata.var_names)
+    out: dict = {}
+    for group, markers in MONOCYTE_MARKERS.items():
+        for gene in (g for g in markers if g in genes):
+            j = genes.index(gene)
+            row: dict = {"group": group}
+            for t in MONOCYTES:
+                for c in np.unique(condition):
+                    cells = (label == t) & (condition == c)
+                    row[f"{c} {t}"] = {
+                        "mean": round(float(x[cells, j].mean()), 3),
+                        "detected": round(float((x[cells, j] > 0).mean()), 3),
+                    }
+            row["ifn_ratio_within_CD14+Mono"] = round(
+                row["stimulated CD14+Mono"]["mean"] / max(row["control CD14+Mono"]["mean"], 1e-3),
+                3,
+            )
+            out[gene] = row
+    return out
+
 
 def main() -> None:
-    adata = top_variable_genes(ad.read_h5ad(DATA), 1000)
+    full = ad.read_h5ad(DATA)
+    adata = top_variable_genes(full, 1000)
     x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
     label = adata.obs["cell_type"].astype(str).to_numpy()
@@ -59,6 +100,7 @@ def main() -> None:
         "stim_to_control_label_agreement": float((majority == label[stim]).mean()),
         "stim_to_control_crosstab": table.to_dict(),
         "representations": {},
+        "monocyte_markers": monocyte_markers(full),
     }
     target = z[ctrl][idx].mean(1)
     for frac in (0.0, 0.5, 0.75, 1.0):
@@ -73,6 +115,8 @@ def main() -> None:
     print(table.to_string())
     print(json.dumps(out["representations"], indent=1))
     print("agreement", round(out["stim_to_control_label_agreement"], 3))
+    for gene, row in out["monocyte_markers"].items():
+        print(gene, {k: v["mean"] if isinstance(v, dict) else v for k, v in row.items()})
     (RESULTS / "kang_label_consistency.json").write_text(json.dumps(out, indent=1) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""Kang 2018: one-off variants of the contrastive fit around the default (issue 13, session 4).
+"""Kang 2018: one-off variants of the contrastive fit around the default (issue 13, sessions 4-5).
 
 Each call fits one configuration, given as JSON: ``name`` (a candidate of
 ``kang_leakage_study.make_objective``, e.g. ``w2`` or ``w2_cluster_mmd_anchored@0.01``),
@@ -6,14 +6,16 @@ Each call fits one configuration, given as JSON: ``name`` (a candidate of
 ``ContrastiveVAE`` arguments, e.g. ``{"hidden": [256]}``), ``fit`` (extra ``pc.infer.fit``
 arguments), ``obj`` (attributes set on the objective, e.g. ``{"lambda_": 10.0,
 "dual_lr": 0.01}``), ``penalty`` (attributes set on a constrained objective's penalty, e.g.
-``{"n_clusters": 16}``) and ``encoder`` (variants of the two encoders that are not
+``{"n_clusters": 16}``), ``encoder`` (variants of the two encoders that are not
 ``ContrastiveVAE`` options, made here for the sweep only: ``{"dropout": 0.1}`` adds dropout
 after each hidden layer; ``{"input": "per_10k"}`` feeds log1p of counts per 10,000 instead
-of log1p of the raw counts). It appends one JSON line to ``results/kang_leakage_sweep.jsonl``:
-background cell type and within-cell-type condition accuracy (5-fold kNN, k = 15, as in
-``kang_leakage_study.py``), the cell-type accuracy of control and of stimulated cells
-separately (``type_ctrl``, ``type_stim``), the salient latent's condition and cell-type
-accuracy, and the final full-data penalty (10 passes) against epsilon.
+of log1p of the raw counts) and ``kmm`` (``{"ratio": B, "epsilon": e}``: the default's
+constraint with ``kmm_penalty.KMMPenalty(B)`` in place of its ``ClusterMMD``, epsilon e).
+It appends one JSON line to ``results/kang_leakage_sweep.jsonl``: background cell type and
+within-cell-type condition accuracy (5-fold kNN, k = 15, as in ``kang_leakage_study.py``),
+the cell-type accuracy of control and of stimulated cells separately (``type_ctrl``,
+``type_stim``), the salient latent's condition and cell-type accuracy, and the final
+full-data penalty (10 passes) against epsilon.
 
 Rows with ``"end_of_fit_check": false`` in the results ran before ``fit`` gained its
 end-of-fit feasibility check (same code otherwise). Two at a time::
@@ -46,6 +48,7 @@ from kang_leakage_study import (  # noqa: E402
     make_objective,
     top_variable_genes,
 )
+from kmm_penalty import KMMPenalty  # noqa: E402
 
 
 def vary_encoder(encoder, dropout: float = 0.0, input: str = "log1p") -> None:
@@ -78,6 +81,10 @@ def main() -> None:
     for encoder in (model.background_encoder, model.salient_encoder):
         vary_encoder(encoder, **cfg.get("encoder", {}))
     objective = make_objective(name)
+    if "kmm" in cfg:
+        objective = model.default_objective()
+        objective.penalty = KMMPenalty(cfg["kmm"]["ratio"])
+        objective.epsilon = cfg["kmm"]["epsilon"]
     if objective is None and ("obj" in cfg or "penalty" in cfg):
         objective = model.default_objective()  # what fit would use, to be varied
     for key, value in cfg.get("obj", {}).items():
