@@ -26,7 +26,12 @@ Each row: cell-type accuracy and within-cell-type condition accuracy (the metric
 (``trained_default``, scored the same way), and ``per_type`` breaks the cell-type accuracy
 of ``raw``, ``K8_mean``, ``trained_default`` and ``label_oracle_mean`` down by annotated
 cell type and condition (the same 5-fold kNN predictions): where an alignment loses
-accuracy. Writes ``results/kang_alignment_frontier.json``::
+accuracy. ``monocyte_clusters`` describes the monocytes in the K = 8 k-means clusters of
+the ``w2`` latent (the clusters of ``K8_mean``): cells per label and condition and the
+mean log1p(counts per 10k) of classical / non-classical monocyte markers (all genes) per
+label and condition, to tell a change of composition (cluster sizes change) from a change
+of labels (cluster sizes stay, the label mix inside a cluster changes).
+Writes ``results/kang_alignment_frontier.json``::
 
     OMP_NUM_THREADS=1 python experiments/kang_alignment_frontier.py --seeds 0 1 2
 """
@@ -123,12 +128,46 @@ def per_type_accuracy(z: np.ndarray, cell_type: np.ndarray, condition: np.ndarra
     return out
 
 
+#: Classical and non-classical monocyte markers reported per cluster.
+MARKERS = ["FCGR3A", "MS4A7", "LST1", "CD14", "S100A8", "S100A9", "VCAN", "LYZ"]
+MONOCYTES = ("CD14+Mono", "FCGR3A+Mono")
+
+
+def monocyte_clusters(zb: np.ndarray, full) -> dict:
+    """Per k-means cluster (K = 8, as ``K8_mean``) of ``zb`` holding >= 10 monocytes: the
+    number of cells of each monocyte label and condition and, for groups of >= 5 cells,
+    their mean log1p(counts per 10k) of ``MARKERS`` (from ``full``, all genes)."""
+    x = full.X.toarray() if hasattr(full.X, "toarray") else np.asarray(full.X)
+    x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+    columns = [list(full.var_names).index(g) for g in MARKERS]
+    cell_type = full.obs["cell_type"].astype(str).to_numpy()
+    condition = full.obs["condition"].astype(str).to_numpy()
+    clusters = KMeans(8, n_init=4, random_state=0).fit(zb).labels_
+    out: dict = {}
+    for c in np.unique(clusters):
+        if (np.isin(cell_type, MONOCYTES) & (clusters == c)).sum() < 10:
+            continue
+        groups: dict = {"size": int((clusters == c).sum())}
+        for t in MONOCYTES:
+            for cond in np.unique(condition):
+                cells = (clusters == c) & (cell_type == t) & (condition == cond)
+                group: dict = {"n": int(cells.sum())}
+                if cells.sum() >= 5:
+                    group["markers"] = {
+                        g: round(float(x[cells, j].mean()), 2) for g, j in zip(MARKERS, columns)
+                    }
+                groups[f"{t} {cond}"] = group
+        out[str(c)] = groups
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    adata = top_variable_genes(ad.read_h5ad(DATA), 1000)
+    full = ad.read_h5ad(DATA)
+    adata = top_variable_genes(full, 1000)
     cell_type = adata.obs["cell_type"].astype(str).to_numpy()
     condition = adata.obs["condition"].astype(str).to_numpy()
     stim = condition != "control"
@@ -153,8 +192,13 @@ def main() -> None:
         rows["per_type"] = {
             name: per_type_accuracy(latents[name], cell_type, condition) for name in BROKEN_DOWN
         }
+        rows["monocyte_clusters"] = monocyte_clusters(zb, full)
         per_seed[str(seed)] = rows
-    names = [name for name in next(iter(per_seed.values())) if name != "per_type"]
+    names = [
+        name
+        for name in next(iter(per_seed.values()))
+        if name not in ("per_type", "monocyte_clusters")
+    ]
     summary = {
         name: {
             metric: round(float(np.mean([per_seed[s][name][metric] for s in per_seed])), 4)
