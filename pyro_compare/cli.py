@@ -32,8 +32,9 @@ def run_demo(
 ) -> dict:
     """Simulate contrastive data, fit a ContrastiveVAE, report recovery metrics and figures.
 
-    Writes ``metrics.json``, ``history.csv``, ``loss_curves.png`` and ``latents.png`` into
-    ``out`` and returns the metrics dict.
+    Writes ``metrics.json``, ``history.csv``, ``loss_curves.png``, ``constraint.png`` (the
+    default objective's leakage constraint by epoch, :func:`~.plotting.constraint_trace`),
+    ``latents.png`` and ``model.pt`` into ``out`` and returns the metrics dict.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -94,6 +95,12 @@ def run_demo(
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=120)
     plt.close(fig)
+    if metrics["constraints"]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        plotting.constraint_trace(history, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out / "constraint.png", dpi=120)
+        plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     plotting.latent_scatter(z, true_z[:, 0], ax=axes[0], title="background latent, colour=true z0")
     plotting.latent_scatter(

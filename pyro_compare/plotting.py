@@ -1,5 +1,6 @@
-"""Figures a biologist expects: per-source loss curves, multiplier traces, latent scatters,
-UMAPs of each latent (via scanpy), ATE scatters and posterior predictive checks.
+"""Figures a biologist expects: per-source loss curves, constraint and multiplier traces,
+latent scatters, UMAPs of each latent (via scanpy), ATE scatters and posterior predictive
+checks.
 
 matplotlib (and scanpy, for UMAPs) are imported when a figure is drawn, not with the
 package, and the matplotlib backend is left to the user (``MPLBACKEND``, ``%matplotlib``,
@@ -16,6 +17,7 @@ import pandas as pd
 
 __all__ = [
     "ate_scatter",
+    "constraint_trace",
     "latent_scatter",
     "latent_umap",
     "loss_curves",
@@ -74,6 +76,64 @@ def objective_traces(history: pd.DataFrame, keys: Sequence[str] | None = None, a
         ax.set_xlabel("epoch")
         ax.set_title(k)
     return axes
+
+
+def constraint_trace(
+    history: pd.DataFrame, name: str | None = None, epsilon: float | None = None, ax=None
+):
+    r"""A :class:`~pyro_compare.infer.Constrained` fit's constraint by epoch: the epoch mean of
+    the minibatch penalty :math:`P` against :math:`\epsilon` (dashed), the multiplier
+    :math:`\lambda` (right axis, log scale), the end-of-fit check of :math:`P` on all cells
+    (a diamond at the last epoch, filled if it holds) and the feasibility epochs that check
+    added (shaded).
+
+    ``history`` is what :func:`pyro_compare.infer.fit` or :func:`pyro_compare.tl.history`
+    returns; ``name`` is the ``Constrained``'s ``name`` (``None``: the unnamed one, log keys
+    ``penalty`` and ``lambda``); ``epsilon`` defaults to the one in
+    ``history.attrs["constraints"]``. Returns the left axis (the right one is its
+    ``twin``).
+    """
+    plt = _pyplot()
+    suffix = "" if name is None else f"_{name}"
+    penalty_key, lambda_key = f"penalty{suffix}", f"lambda{suffix}"
+    if penalty_key not in history or lambda_key not in history:
+        have = [c for c in history.columns if c.startswith(("penalty", "lambda"))]
+        raise ValueError(
+            f"the history has no {penalty_key!r} / {lambda_key!r} columns (constraint logs: "
+            f"{have}); it is not from a Constrained fit, or pass its name= ."
+        )
+    check = next(
+        (c for c in history.attrs.get("constraints", []) if c["name"] == (name or "penalty")),
+        None,
+    )
+    if epsilon is None and check is not None:
+        epsilon = float(check["epsilon"])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = history["epoch"].to_numpy()
+    ax.plot(epochs, history[penalty_key], color="tab:red", label="penalty (minibatch mean)")
+    if epsilon is not None:
+        ax.axhline(epsilon, color="tab:red", linestyle="--", linewidth=1, label="epsilon")
+    extra = int(history.attrs.get("feasibility_epochs", 0) or 0)
+    if extra:
+        ax.axvspan(epochs[-extra] - 0.5, epochs[-1] + 0.5, color="0.9", label="feasibility epochs")
+    if check is not None:
+        ax.plot(
+            [epochs[-1]], [check["value"]], marker="D", linestyle="none", color="tab:red",
+            markerfacecolor="tab:red" if check["holds"] else "white",
+            label="all cells, end of fit",
+        )  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("penalty")
+    ax.set_title(f"constraint {penalty_key}")
+    twin = ax.twinx()
+    twin.plot(epochs, history[lambda_key], color="tab:gray", label="lambda")
+    twin.set_yscale("log")
+    twin.set_ylabel("lambda")
+    handles = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7)
+    return ax
 
 
 def latent_scatter(

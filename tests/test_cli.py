@@ -17,7 +17,7 @@ def test_demo_fast_writes_report(tmp_path):
     out = tmp_path / "report"
     assert main(["--threads", "1", "demo", "--fast", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for name in ("loss_curves.png", "latents.png", "history.csv", "model.pt"):
+    for name in ("loss_curves.png", "constraint.png", "latents.png", "history.csv", "model.pt"):
         assert (out / name).stat().st_size > 0, name
     # Even the fast demo learns something: recovery well above the leakage terms.
     assert metrics["r2_background_from_background"] > 0.6

@@ -77,6 +77,9 @@ def test_fit_writes_latents_and_settings(fitted):
     pd.testing.assert_frame_equal(
         hist.reset_index(drop=True), model.history_.reset_index(drop=True), check_dtype=False
     )
+    # ... with the fit's attrs that the record keeps (the constraint check among them).
+    for attr in ("constraints", "feasibility_epochs", "selected", "stopped_epoch"):
+        assert hist.attrs[attr] == model.history_.attrs[attr], attr
     # The fit learned something: the loss went down.
     assert hist["validation_loss"].iloc[-1] < hist["validation_loss"].iloc[0]
 
@@ -125,6 +128,7 @@ def test_h5ad_round_trip(fitted, tmp_path):
     pd.testing.assert_frame_equal(
         pc.tl.history(back, "cvae"), pc.tl.history(adata, "cvae"), check_dtype=False
     )
+    assert pc.tl.history(back, "cvae").attrs == pc.tl.history(adata, "cvae").attrs
     # The recorded data settings rebuild the same sources, so a model's latents line up.
     data = pc.tl.comparative_data(back, key="cvae")
     assert len(data.sources["background"]) == 400

@@ -115,6 +115,10 @@ model = pc.tl.fit(
 hist = pc.tl.history(adata, "cvae")
 pc.plotting.loss_curves(hist)
 plt.show()
+# The leakage constraint by epoch: minibatch penalty against epsilon, the multiplier, and
+# the end-of-fit check on all cells (filled diamond: it holds).
+pc.plotting.constraint_trace(hist)
+plt.show()
 print(adata)
 
 # %% [markdown]

@@ -143,7 +143,8 @@ class ContrastiveVAE(ComparativeModel):
             Constrained(
                 ClusterMMD(n_clusters=8, anchor="background"), epsilon=0.01,
                 elbo=Sum(penalty="wasserstein_to_zero", penalty_weight=10),
-                update="multiplicative", lambda_init=1.0, dual_lr=0.05, moving_average=0.9,
+                update="multiplicative", lambda_init=1.0, lambda_min=0.1, dual_lr=0.05,
+                moving_average=0.9,
             )
 
         * The W2 term (as contrastiveVI): the ELBO never trains the salient encoder on
@@ -160,8 +161,14 @@ class ContrastiveVAE(ComparativeModel):
           clusters' scale) tolerates a mean shift of ~0.65 within-cluster sd between the
           conditions. The multiplicative (exponentiated-gradient) dual ascent is
           scale-free: the multiplier reaches the constraint's price from 1, whatever the
-          data. ``fit`` does not end while the constraint is violated on the full data
-          (``feasibility_epochs``).
+          data. Its floor ``lambda_min=0.1`` keeps a multiplier whose constraint was slack
+          for long within ~100 steps of any price it may need later (a step moves it by at
+          most a factor e^0.05; unfloored, it fell to 1e-34 over the 80 epochs of the demo,
+          where the constraint is slack throughout, and would have needed ~1,500 steps to
+          come back); its price is a pull towards the constraint with weight 0.1 while it is
+          slack (the demo's recovery R² moved by <= 0.002; Kang, where the multiplier stays
+          above 1, is unchanged to the bit). ``fit`` does not end while the constraint is
+          violated on the full data (``feasibility_epochs``).
 
         Measured (``experiments/kang_leakage_study.py --candidates default w2 --genes 1000``,
         ``experiments/contrastive_composition.py``; experiments/README.md), seeds 0-2: on
@@ -184,6 +191,7 @@ class ContrastiveVAE(ComparativeModel):
             elbo=Sum(penalty="wasserstein_to_zero", penalty_weight=10.0),
             update="multiplicative",
             lambda_init=1.0,
+            lambda_min=0.1,
             dual_lr=0.05,
             moving_average=0.9,
         )

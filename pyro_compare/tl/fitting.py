@@ -286,7 +286,9 @@ def history(adata: ad.AnnData, key: str | None = None) -> pd.DataFrame:
     """The per-epoch history of fit ``key`` (as returned by :func:`pyro_compare.infer.fit`).
 
     Read back from ``adata.uns`` (also after an h5ad round trip); ``key`` is the fit's
-    ``key_added`` (``None``: the unnamed fit, ``"default"``).
+    ``key_added`` (``None``: the unnamed fit, ``"default"``). ``attrs`` holds what the record
+    keeps of the fit's: ``stopped_epoch``, ``best_loss``, ``selected`` and, for a constrained
+    fit, ``constraints`` and ``feasibility_epochs`` (see :func:`pyro_compare.infer.fit`).
     """
     name = fit_name(key)
     try:
@@ -296,6 +298,29 @@ def history(adata: ad.AnnData, key: str | None = None) -> pd.DataFrame:
         raise KeyError(
             f"adata.uns[{UNS_KEY!r}][{name!r}] holds no history (fits recorded: {fits})."
         ) from err
-    columns = list(adata.uns[UNS_KEY][name].get("history_columns", stored.keys()))
+    entry = adata.uns[UNS_KEY][name]
+    columns = list(entry.get("history_columns", stored.keys()))
     columns += [c for c in stored if c not in columns]
-    return pd.DataFrame({k: np.asarray(stored[k]) for k in columns if k in stored})
+    hist = pd.DataFrame({k: np.asarray(stored[k]) for k in columns if k in stored})
+    # the attrs pc.infer.fit set that the record keeps (plain Python values after h5ad I/O)
+    fit_record = entry.get("fit", {})
+    for attr in ("stopped_epoch", "best_loss", "selected"):
+        if attr in fit_record:
+            hist.attrs[attr] = _plain(fit_record[attr])
+    checks = entry.get("constraints", {})
+    if len(checks):
+        constraints = [
+            {k: _plain(v) for k, v in c.items() if k != "feasibility_epochs"}
+            for c in checks.values()
+        ]
+        hist.attrs["constraints"] = constraints
+        first = next(iter(checks.values()))
+        hist.attrs["feasibility_epochs"] = int(first.get("feasibility_epochs", 0))
+    return hist
+
+
+def _plain(value):
+    """A numpy scalar or 0-d array from an h5ad round trip as the Python value."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    return value.item() if isinstance(value, np.generic) else value

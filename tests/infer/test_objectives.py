@@ -167,6 +167,33 @@ def test_constrained_toy_inactive_constraint_has_zero_multiplier():
     assert log["constraint_satisfied"] == 1.0
 
 
+@pytest.mark.parametrize("lambda_min", [0.0, 0.1])
+def test_multiplicative_floor_lets_the_multiplier_come_back(lambda_min):
+    """After a long slack phase (epsilon 3, x settles at 2) the multiplicative multiplier
+    decays geometrically; once the constraint tightens (epsilon 1, so x must reach 0.9) it
+    needs log(lambda* / lambda) / dual_lr steps to come back: ~150 from the 0.1 floor,
+    ~1,100 from the ~1e-9 an unfloored multiplier reaches."""
+    objective = Constrained(
+        penalty=_X(), elbo=_toy_elbo(), epsilon=3.0, update="multiplicative",
+        lambda_init=1.0, lambda_min=lambda_min, dual_lr=0.02,
+    )  # fmt: skip
+    x, lam, _ = _run_toy(objective, x0=0.0, steps=4000)
+    # the floor's price: the penalty stays on with weight lambda_min, argmin of
+    # (x - 2)^2 + lambda_min x
+    assert x == pytest.approx(2.0 - lambda_min / 2, abs=1e-3)
+    if lambda_min:
+        assert lam == lambda_min
+    else:
+        assert lam < 1e-8
+    objective.epsilon = 1.0
+    x, lam, _ = _run_toy(objective, x0=2.0, steps=600)
+    if lambda_min:
+        assert x == pytest.approx(0.9, abs=0.02)  # KKT point of the new target
+        assert lam == pytest.approx(2.2, rel=0.05)
+    else:
+        assert x > 1.9  # still where the slack phase left it
+
+
 def test_constrained_state_dict_round_trip_and_validation():
     a = Constrained(penalty=_X(), elbo=_toy_elbo(), epsilon=1.0)
     a.lambda_, a.constraint_average, a.steps = 3.5, 0.2, 7
