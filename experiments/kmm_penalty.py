@@ -32,6 +32,10 @@ def _project_capped_simplex(v: torch.Tensor, cap: float, iters: int = 40) -> tor
 
 
 class KMMPenalty:
+    """The reweighted MMD² of the module docstring as a penalty of one step's guide trace
+    (background cells' ``z`` posterior means reweighted, density ratio <= ``ratio``; the
+    weights by ``iters`` projected-gradient steps from uniform)."""
+
     def __init__(self, ratio: float = 4.0, iters: int = 50) -> None:
         self.ratio = float(ratio)
         self.iters = int(iters)

@@ -84,8 +84,9 @@ def constraint_trace(
     r"""A :class:`~pyro_compare.infer.Constrained` fit's constraint by epoch: the epoch mean of
     the minibatch penalty :math:`P` against :math:`\epsilon` (dashed), the multiplier
     :math:`\lambda` (right axis, log scale), the end-of-fit check of :math:`P` on all cells
-    (a diamond at the last epoch, filled if it holds) and the feasibility epochs that check
-    added (shaded).
+    for the state the fit returned (a diamond at the last epoch, filled if it holds; the
+    state is the best-validation epoch's unless ``history.attrs["selected"]`` says
+    otherwise) and the feasibility epochs that check added (shaded).
 
     ``history`` is what :func:`pyro_compare.infer.fit` or :func:`pyro_compare.tl.history`
     returns; ``name`` is the ``Constrained``'s ``name`` (``None``: the unnamed one, log keys
@@ -121,7 +122,7 @@ def constraint_trace(
         ax.plot(
             [epochs[-1]], [check["value"]], marker="D", linestyle="none", color="tab:red",
             markerfacecolor="tab:red" if check["holds"] else "white",
-            label="all cells, end of fit",
+            label="all cells, returned model",
         )  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("penalty")

@@ -38,7 +38,7 @@ def test_constraint_trace_draws_penalty_epsilon_lambda_and_the_check(holds):
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_array_equal(lines["penalty (minibatch mean)"].get_ydata(), hist["penalty"])
     assert set(lines["epsilon"].get_ydata()) == {0.01}  # epsilon read from the attrs
-    check = lines["all cells, end of fit"]
+    check = lines["all cells, returned model"]
     value = hist.attrs["constraints"][0]["value"]
     assert list(check.get_xdata()) == [5] and list(check.get_ydata()) == [value]
     # filled diamond if the constraint holds on all cells, hollow if not
@@ -60,7 +60,7 @@ def test_constraint_trace_of_a_named_constraint_and_explicit_epsilon():
     ax = pc.plotting.constraint_trace(hist, name="leak", epsilon=0.02)
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines["epsilon"].get_ydata()) == {0.02}
-    assert "all cells, end of fit" in lines
+    assert "all cells, returned model" in lines
     assert not ax.patches  # no feasibility epochs, nothing shaded
     plt.close(ax.figure)
 

@@ -116,7 +116,7 @@ hist = pc.tl.history(adata, "cvae")
 pc.plotting.loss_curves(hist)
 plt.show()
 # The leakage constraint by epoch: minibatch penalty against epsilon, the multiplier, and
-# the end-of-fit check on all cells (filled diamond: it holds).
+# the end-of-fit check on all cells of the returned model (filled diamond: it holds).
 pc.plotting.constraint_trace(hist)
 plt.show()
 print(adata)
