@@ -50,15 +50,21 @@ import torch
 from scipy.linalg import sqrtm
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.neighbors import NearestNeighbors
 
 import pyro_compare as pc
 from pyro_compare.metrics import knn_accuracy
 from pyro_compare.metrics.identifiability import _knn_composition_cv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kang_leakage_study import DATA, RESULTS, make_objective, top_variable_genes  # noqa: E402
+from kang_label_consistency import MONOCYTES, marker_expression  # noqa: E402
+from kang_leakage_study import (  # noqa: E402
+    DATA,
+    RESULTS,
+    knn_correct,
+    make_objective,
+    top_variable_genes,
+)
 
 
 def alignments(zb: np.ndarray, stim: np.ndarray, cell_type: np.ndarray) -> dict:
@@ -118,8 +124,7 @@ BROKEN_DOWN = ("raw", "K8_mean", "trained_default", "label_oracle_mean")
 def per_type_accuracy(z: np.ndarray, cell_type: np.ndarray, condition: np.ndarray) -> dict:
     """Cell-type kNN accuracy (k = 15, the 5 stratified folds of ``knn_accuracy``) of each
     annotated type's control and stimulated cells, with their numbers."""
-    folds = StratifiedKFold(5, shuffle=True, random_state=0)
-    correct = cross_val_predict(KNeighborsClassifier(15), z, cell_type, cv=folds) == cell_type
+    correct = knn_correct(z, cell_type)
     out: dict = {}
     for t in np.unique(cell_type):
         out[t] = {}
@@ -129,20 +134,11 @@ def per_type_accuracy(z: np.ndarray, cell_type: np.ndarray, condition: np.ndarra
     return out
 
 
-#: Classical and non-classical monocyte markers reported per cluster.
-MARKERS = ["FCGR3A", "MS4A7", "LST1", "CD14", "S100A8", "S100A9", "VCAN", "LYZ"]
-MONOCYTES = ("CD14+Mono", "FCGR3A+Mono")
-
-
-def monocyte_clusters(zb: np.ndarray, full) -> dict:
+def monocyte_clusters(zb: np.ndarray, markers, cell_type, condition) -> dict:
     """Per k-means cluster (K = 8, as ``K8_mean``) of ``zb`` holding >= 10 monocytes: the
     number of cells of each monocyte label and condition and, for groups of >= 5 cells,
-    their mean log1p(counts per 10k) of ``MARKERS`` (from ``full``, all genes)."""
-    x = full.X.toarray() if hasattr(full.X, "toarray") else np.asarray(full.X)
-    x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
-    columns = [list(full.var_names).index(g) for g in MARKERS]
-    cell_type = full.obs["cell_type"].astype(str).to_numpy()
-    condition = full.obs["condition"].astype(str).to_numpy()
+    their mean of each column of ``markers`` (``kang_label_consistency.marker_expression``:
+    log1p(counts per 10k) of the monocyte markers)."""
     clusters = KMeans(8, n_init=4, random_state=0).fit(zb).labels_
     out: dict = {}
     for c in np.unique(clusters):
@@ -154,9 +150,7 @@ def monocyte_clusters(zb: np.ndarray, full) -> dict:
                 cells = (clusters == c) & (cell_type == t) & (condition == cond)
                 group: dict = {"n": int(cells.sum())}
                 if cells.sum() >= 5:
-                    group["markers"] = {
-                        g: round(float(x[cells, j].mean()), 2) for g, j in zip(MARKERS, columns)
-                    }
+                    group["markers"] = markers[cells].mean().round(2).to_dict()
                 groups[f"{t} {cond}"] = group
         out[str(c)] = groups
     return out
@@ -169,6 +163,7 @@ def main() -> None:
     torch.set_num_threads(1)
     full = ad.read_h5ad(DATA)
     adata = top_variable_genes(full, 1000)
+    markers = marker_expression(full)  # once: the same cells on every seed
     cell_type = adata.obs["cell_type"].astype(str).to_numpy()
     condition = adata.obs["condition"].astype(str).to_numpy()
     stim = condition != "control"
@@ -196,7 +191,7 @@ def main() -> None:
         rows["per_type"] = {
             name: per_type_accuracy(latents[name], cell_type, condition) for name in BROKEN_DOWN
         }
-        rows["monocyte_clusters"] = monocyte_clusters(zb, full)
+        rows["monocyte_clusters"] = monocyte_clusters(zb, markers, cell_type, condition)
         per_seed[str(seed)] = rows
     names = [
         name

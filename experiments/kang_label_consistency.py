@@ -36,7 +36,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from pyro_compare.metrics import knn_accuracy
+from pyro_compare.metrics import knn_accuracy, log_normalize
 from pyro_compare.metrics.identifiability import _knn_composition_cv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,26 +50,32 @@ MONOCYTE_MARKERS = {
 MONOCYTES = ["CD14+Mono", "FCGR3A+Mono"]
 
 
+def marker_expression(adata) -> pd.DataFrame:
+    """Cells x ``MONOCYTE_MARKERS`` genes (those present): log1p(counts per 10k), the counts
+    per cell taken over all of ``adata``'s genes (``pc.metrics.log_normalize``)."""
+    genes = [g for markers in MONOCYTE_MARKERS.values() for g in markers if g in adata.var_names]
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    columns = [adata.var_names.get_loc(g) for g in genes]
+    return pd.DataFrame(log_normalize(x)[:, columns], index=adata.obs_names, columns=genes)
+
+
 def monocyte_markers(adata) -> dict:
     """Per monocyte label and condition, each marker's mean log1p(counts per 10k) and the
     fraction of cells detecting it; per marker, the stimulated / control ratio of the
     means within the CD14+ label."""
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+    x = marker_expression(adata)
     label = adata.obs["cell_type"].astype(str).to_numpy()
     condition = adata.obs["condition"].astype(str).to_numpy()
-    genes = list(adata.var_names)
     out: dict = {}
     for group, markers in MONOCYTE_MARKERS.items():
-        for gene in (g for g in markers if g in genes):
-            j = genes.index(gene)
+        for gene in (g for g in markers if g in x.columns):
             row: dict = {"group": group}
             for t in MONOCYTES:
                 for c in np.unique(condition):
                     cells = (label == t) & (condition == c)
                     row[f"{c} {t}"] = {
-                        "mean": round(float(x[cells, j].mean()), 3),
-                        "detected": round(float((x[cells, j] > 0).mean()), 3),
+                        "mean": round(float(x[gene][cells].mean()), 3),
+                        "detected": round(float((x[gene][cells] > 0).mean()), 3),
                     }
             row["ifn_ratio_within_CD14+Mono"] = round(
                 row["stimulated CD14+Mono"]["mean"] / max(row["control CD14+Mono"]["mean"], 1e-3),

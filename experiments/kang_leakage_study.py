@@ -145,6 +145,16 @@ def knn_scores(zb: np.ndarray, ts: np.ndarray, adata) -> dict[str, float]:
     }
 
 
+def knn_correct(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per cell, whether 5-fold kNN (k = 15, the stratified folds of ``knn_accuracy``)
+    predicts its label from ``z`` (for accuracies of subsets of the cells)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    return cross_val_predict(KNeighborsClassifier(15), z, labels, cv=folds) == labels
+
+
 def run(name: str, seed: int, adata) -> dict:
     data = pc.data.ComparativeData.from_anndata(adata, "condition", "control", seed=seed)
     model = pc.models.ContrastiveVAE(data.n_features, 10, 10)

@@ -33,8 +33,6 @@ from pathlib import Path
 
 import anndata as ad
 import torch
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.neighbors import KNeighborsClassifier
 
 import pyro_compare as pc
 
@@ -44,6 +42,7 @@ from kang_leakage_study import (  # noqa: E402
     RESULTS,
     constraint_of,
     full_data_penalty,
+    knn_correct,
     knn_scores,
     make_objective,
     top_variable_genes,
@@ -110,11 +109,10 @@ def main() -> None:
         "sec": seconds,
         "end_of_fit_check": True,
     }
-    folds = StratifiedKFold(5, shuffle=True, random_state=0)
-    pred = cross_val_predict(KNeighborsClassifier(15), zb, cell_type, cv=folds)
+    correct = knn_correct(zb, cell_type)
     control = condition == "control"
-    row["type_ctrl"] = float((pred == cell_type)[control].mean())
-    row["type_stim"] = float((pred == cell_type)[~control].mean())
+    row["type_ctrl"] = float(correct[control].mean())
+    row["type_stim"] = float(correct[~control].mean())
     penalty, epsilon = constraint_of(objective, model)
     if penalty is not None:
         row["final"] = full_data_penalty(model, data, penalty)
