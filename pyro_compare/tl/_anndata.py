@@ -119,6 +119,14 @@ def data_settings(data: ComparativeData, **given: Any) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k in allowed and v is not None}
 
 
+def uns_value(value: Any) -> Any:
+    """A scalar read back from ``uns`` (a numpy scalar or 0-d array after an h5ad round
+    trip) as the Python value; anything else unchanged."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _stored_settings(adata: ad.AnnData, key: str) -> dict[str, Any] | None:
     try:
         stored = adata.uns[UNS_KEY][key]["data"]
@@ -131,10 +139,8 @@ def _stored_settings(adata: ad.AnnData, key: str) -> dict[str, Any] | None:
         v = stored[k]
         if k == "exclude":
             out[k] = [str(x) for x in np.atleast_1d(v)]
-        elif isinstance(v, np.generic):
-            out[k] = v.item()
         else:
-            out[k] = v
+            out[k] = uns_value(v)
     return out
 
 

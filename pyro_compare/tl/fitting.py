@@ -24,6 +24,7 @@ from ._anndata import (
     resolve_data,
     rows_in,
     scatter_rows,
+    uns_value,
 )
 
 __all__ = ["comparative_data", "fit", "history", "latents", "MODEL_NAMES"]
@@ -306,21 +307,14 @@ def history(adata: ad.AnnData, key: str | None = None) -> pd.DataFrame:
     fit_record = entry.get("fit", {})
     for attr in ("stopped_epoch", "best_loss", "selected"):
         if attr in fit_record:
-            hist.attrs[attr] = _plain(fit_record[attr])
+            hist.attrs[attr] = uns_value(fit_record[attr])
     checks = entry.get("constraints", {})
     if len(checks):
         constraints = [
-            {k: _plain(v) for k, v in c.items() if k != "feasibility_epochs"}
+            {k: uns_value(v) for k, v in c.items() if k != "feasibility_epochs"}
             for c in checks.values()
         ]
         hist.attrs["constraints"] = constraints
         first = next(iter(checks.values()))
         hist.attrs["feasibility_epochs"] = int(first.get("feasibility_epochs", 0))
     return hist
-
-
-def _plain(value):
-    """A numpy scalar or 0-d array from an h5ad round trip as the Python value."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    return value.item() if isinstance(value, np.generic) else value
